@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian machine for nodeprep's tests and runs them all:
+# formatting, lints, the test suite (unit, fixture trees, lspci cross-checks, real host)
+# and the benchmarks, which print their figures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use: pciutils (lspci, the cross-check reference).
+missing=()
+command -v lspci >/dev/null 2>&1 || missing+=(pciutils)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: need ${missing[*]}: run as root or install them" >&2
+    exit 2
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "== tests"
+cargo nextest run --locked --no-fail-fast
+echo "== benchmarks"
+cargo bench --locked --bench scan

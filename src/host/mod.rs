@@ -1,0 +1,11 @@
+//! The edge where nodeprep reads the host: sysfs, procfs and /dev under one [`HostRoot`].
+//!
+//! Everything here turns kernel files into the plain data in [`crate::model`]; no decisions are
+//! made here.
+
+pub mod pci;
+pub mod root;
+pub mod system;
+pub mod usage;
+
+pub use root::{HostError, HostRoot};

@@ -1,0 +1,401 @@
+//! PCI discovery: every function under `sys/bus/pci/devices`, read into [`PciInventory`].
+//!
+//! Reading is split in two. [`read_device`] touches sysfs for one function and returns what the
+//! files said, unparsed links included ([`RawDevice`]). [`assemble`] is pure: it ties VFs to
+//! their PFs, checks every link against the rest of the tree, builds the IOMMU groups and fills
+//! in the pci.ids names. A missing or garbage file becomes a warning on that device and leaves
+//! the field empty; it never stops the scan.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::root::{HostError, HostRoot};
+use super::usage;
+use crate::model::{IommuGroup, PciAddress, PciDevice, PciInventory};
+use crate::names;
+
+/// Where the kernel lists every PCI function.
+pub const DEVICES_DIR: &str = "sys/bus/pci/devices";
+/// Where the kernel lists IOMMU groups.
+pub const GROUPS_DIR: &str = "sys/kernel/iommu_groups";
+
+/// One function as read from sysfs, links not yet checked against the rest of the tree.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RawDevice {
+    pub device: PciDevice,
+    /// Target names of the `iommu_group` link (the group number as text).
+    pub group_link: Option<String>,
+    /// Target name of the `physfn` link.
+    pub physfn_link: Option<String>,
+    /// `virtfnN` links: (N, target name).
+    pub virtfn_links: Vec<(u32, String)>,
+}
+
+/// What the kernel says about one IOMMU group, read from `sys/kernel/iommu_groups/N`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawGroup {
+    pub number: u32,
+    pub group_type: Option<String>,
+    pub no_iommu: bool,
+}
+
+/// Discovers every PCI function under the host root, with IOMMU groups, names and host usage.
+///
+/// Fails only when `sys/bus/pci/devices` itself cannot be read: then the host root is wrong.
+pub fn discover(root: &HostRoot) -> Result<PciInventory, HostError> {
+    let devices_dir = root.join(DEVICES_DIR);
+    let entries = fs::read_dir(&devices_dir).map_err(|e| HostError::io("read directory", &devices_dir, e))?;
+    let mut warnings = Vec::new();
+    let mut addresses = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| HostError::io("read directory", &devices_dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        match name.parse::<PciAddress>() {
+            Ok(a) => addresses.push(a),
+            Err(e) => warnings.push(format!("{}: skipped entry: {e}", devices_dir.display())),
+        }
+    }
+    addresses.sort();
+
+    let raw = read_devices(&devices_dir, &addresses);
+    let (groups, group_warnings) = read_groups(root);
+    warnings.extend(group_warnings);
+    let mut inventory = assemble(raw, groups);
+    inventory.warnings.splice(0..0, warnings);
+    usage::attach(root, &mut inventory);
+    Ok(inventory)
+}
+
+/// Reads every device, spread over the machine's cores (sysfs reads are syscall-bound).
+fn read_devices(devices_dir: &Path, addresses: &[PciAddress]) -> Vec<RawDevice> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if threads <= 1 || addresses.len() < 64 {
+        return addresses.iter().map(|a| read_device(&devices_dir.join(a.to_string()), *a)).collect();
+    }
+    let chunk = addresses.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = addresses
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter().map(|a| read_device(&devices_dir.join(a.to_string()), *a)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(addresses.len());
+        for (h, part) in handles.into_iter().zip(addresses.chunks(chunk)) {
+            match h.join() {
+                Ok(v) => all.extend(v),
+                // A panic in a reader thread is a bug; keep the scan going with empty records.
+                Err(_) => all.extend(part.iter().map(|a| RawDevice {
+                    device: PciDevice {
+                        address: *a,
+                        warnings: vec!["internal error while reading this device".into()],
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                })),
+            }
+        }
+        all
+    })
+}
+
+/// Reads one function's directory.
+pub fn read_device(dir: &Path, address: PciAddress) -> RawDevice {
+    let mut r = DeviceReader { dir, buf: PathBuf::with_capacity(dir.as_os_str().len() + 24), warnings: Vec::new() };
+    let mut raw = RawDevice::default();
+    let d = &mut raw.device;
+    d.address = address;
+
+    // One directory read tells which optional files exist, so absent ones cost no failed opens.
+    let listing = match r.list() {
+        Ok(l) => l,
+        Err(e) => {
+            d.warnings.push(e.to_string());
+            return raw;
+        }
+    };
+    let has = |name: &str| listing.contains(name);
+
+    d.vendor_id = r.hex("vendor", 0xffff).map(|v| v as u16);
+    d.device_id = r.hex("device", 0xffff).map(|v| v as u16);
+    d.subsystem_vendor_id =
+        if has("subsystem_vendor") { r.hex("subsystem_vendor", 0xffff).map(|v| v as u16) } else { None };
+    d.subsystem_device_id =
+        if has("subsystem_device") { r.hex("subsystem_device", 0xffff).map(|v| v as u16) } else { None };
+    d.class_id = r.hex("class", 0xff_ffff);
+    d.revision = if has("revision") { r.hex("revision", 0xff).map(|v| v as u8) } else { None };
+    if has("driver") {
+        d.driver = r.link_name("driver", true);
+    }
+    if has("driver_override") {
+        d.driver_override = r.text("driver_override").filter(|s| !s.is_empty() && s != "(null)");
+    }
+    if has("numa_node") {
+        d.numa_node = r.numa("numa_node");
+    }
+    if has("iommu_group") {
+        raw.group_link = r.link_name("iommu_group", false);
+    }
+    if has("sriov_totalvfs") {
+        d.sriov_total_vfs = r.decimal("sriov_totalvfs");
+        d.sriov_num_vfs = r.decimal("sriov_numvfs");
+    }
+    if has("physfn") {
+        raw.physfn_link = r.link_name("physfn", false);
+    }
+    if has("boot_vga") {
+        d.boot_vga = r.decimal("boot_vga") == Some(1);
+    }
+    for name in &listing {
+        if let Some(n) = name.strip_prefix("virtfn") {
+            match n.parse::<u32>() {
+                Ok(n) => {
+                    if let Some(t) = r.link_name(name, false) {
+                        raw.virtfn_links.push((n, t));
+                    }
+                }
+                Err(_) => r.warnings.push(format!("{}: unexpected entry {name:?}", dir.display())),
+            }
+        }
+    }
+    raw.virtfn_links.sort();
+    d.warnings.append(&mut r.warnings);
+    raw
+}
+
+/// Reads files of one device directory, turning every failure into a warning.
+struct DeviceReader<'a> {
+    dir: &'a Path,
+    buf: PathBuf,
+    warnings: Vec<String>,
+}
+
+impl DeviceReader<'_> {
+    fn path(&mut self, name: &str) -> &Path {
+        self.buf.clear();
+        self.buf.push(self.dir);
+        self.buf.push(name);
+        &self.buf
+    }
+
+    fn warn(&mut self, name: &str, problem: String) {
+        let path = self.path(name).display().to_string();
+        self.warnings.push(format!("{path}: {problem}"));
+    }
+
+    fn list(&mut self) -> Result<HashSet<String>, HostError> {
+        let rd = fs::read_dir(self.dir).map_err(|e| HostError::io("read directory", self.dir, e))?;
+        let mut names = HashSet::with_capacity(48);
+        for e in rd {
+            let e = e.map_err(|e| HostError::io("read directory", self.dir, e))?;
+            names.insert(e.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    /// A small attribute file, trailing white space removed.
+    fn text(&mut self, name: &str) -> Option<String> {
+        let path = self.path(name).to_path_buf();
+        let mut bytes = Vec::with_capacity(32);
+        let res = fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes));
+        match res {
+            Ok(_) => match String::from_utf8(bytes) {
+                Ok(mut s) => {
+                    s.truncate(s.trim_end().len());
+                    Some(s)
+                }
+                Err(_) => {
+                    self.warnings.push(format!("{}: not UTF-8 text", path.display()));
+                    None
+                }
+            },
+            Err(e) => {
+                self.warnings.push(HostError::io("read", path, e).to_string());
+                None
+            }
+        }
+    }
+
+    /// A `0x`-prefixed hex attribute (`vendor`, `class`, ...) no larger than `max`.
+    fn hex(&mut self, name: &str, max: u32) -> Option<u32> {
+        let s = self.text(name)?;
+        let parsed = s
+            .strip_prefix("0x")
+            .filter(|h| !h.is_empty() && h.len() <= 8)
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .filter(|v| *v <= max);
+        if parsed.is_none() {
+            self.warn(name, format!("{s:?} is not a hex value like 0x{max:x}"));
+        }
+        parsed
+    }
+
+    fn decimal(&mut self, name: &str) -> Option<u32> {
+        let s = self.text(name)?;
+        let parsed = s.parse::<u32>().ok();
+        if parsed.is_none() {
+            self.warn(name, format!("{s:?} is not a non-negative number"));
+        }
+        parsed
+    }
+
+    /// `numa_node`: -1 means no affinity.
+    fn numa(&mut self, name: &str) -> Option<u32> {
+        let s = self.text(name)?;
+        match s.parse::<i64>() {
+            Ok(-1) => None,
+            Ok(n) if (0..=u32::MAX as i64).contains(&n) => Some(n as u32),
+            _ => {
+                self.warn(name, format!("{s:?} is not a NUMA node (-1 or a node number)"));
+                None
+            }
+        }
+    }
+
+    /// The last component of a link's target. With `must_resolve`, a dangling link is a warning
+    /// and yields `None` (the `driver` link: its target directory is the driver).
+    fn link_name(&mut self, name: &str, must_resolve: bool) -> Option<String> {
+        let path = self.path(name).to_path_buf();
+        let target = match fs::read_link(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.warnings.push(HostError::io("readlink", path, e).to_string());
+                return None;
+            }
+        };
+        if must_resolve && !path.exists() {
+            self.warnings.push(format!("{}: dangling link to {}", path.display(), target.display()));
+            return None;
+        }
+        match target.file_name().and_then(|n| n.to_str()) {
+            Some(n) => Some(n.to_owned()),
+            None => {
+                self.warnings.push(format!("{}: link target {} has no name", path.display(), target.display()));
+                None
+            }
+        }
+    }
+}
+
+/// Reads `sys/kernel/iommu_groups`: each group's number, `type` and whether it is a no-IOMMU
+/// group. Returns the groups and warnings; an absent directory means the IOMMU is off.
+pub fn read_groups(root: &HostRoot) -> (Vec<RawGroup>, Vec<String>) {
+    let dir = root.join(GROUPS_DIR);
+    let mut warnings = Vec::new();
+    let names = match super::root::list_dir(&dir) {
+        Ok(n) => n,
+        Err(e) => return (Vec::new(), vec![e.to_string()]),
+    };
+    let mut groups = Vec::with_capacity(names.len());
+    let mut path = dir.clone();
+    for name in names {
+        let Ok(number) = name.parse::<u32>() else {
+            warnings.push(format!("{}: unexpected entry {name:?}", dir.display()));
+            continue;
+        };
+        path.push(&name);
+        path.push("type");
+        let group_type = match super::root::read_attr(&path) {
+            Ok(t) => Some(t),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => {
+                warnings.push(e.to_string());
+                None
+            }
+        };
+        path.set_file_name("name");
+        let no_iommu = matches!(super::root::read_attr(&path), Ok(n) if n == "vfio-noiommu");
+        path.pop();
+        path.pop();
+        groups.push(RawGroup { number, group_type, no_iommu });
+    }
+    groups.sort_by_key(|g| g.number);
+    (groups, warnings)
+}
+
+/// Pure: ties raw devices together into the inventory.
+///
+/// - `iommu_group` links must name a group the kernel lists; members are gathered per group.
+/// - `physfn` must name a device in the tree, and that PF's `virtfnN` gives the VF its index.
+/// - `virtfnN` links on a PF must name devices in the tree.
+/// - Names come from the embedded pci.ids database.
+pub fn assemble(raw: Vec<RawDevice>, groups: Vec<RawGroup>) -> PciInventory {
+    let known: HashSet<PciAddress> = raw.iter().map(|r| r.device.address).collect();
+    let listed: HashMap<u32, &RawGroup> = groups.iter().map(|g| (g.number, g)).collect();
+
+    // VF index as the PF sees it: vf address -> (pf, N).
+    let mut vf_of: HashMap<PciAddress, (PciAddress, u32)> = HashMap::new();
+    let mut devices: Vec<PciDevice> = Vec::with_capacity(raw.len());
+    let mut physfn_links: Vec<Option<String>> = Vec::with_capacity(raw.len());
+    for r in raw {
+        let mut d = r.device;
+        for (n, target) in &r.virtfn_links {
+            match target.parse::<PciAddress>() {
+                Ok(vf) if known.contains(&vf) => {
+                    d.vfs.push(vf);
+                    vf_of.insert(vf, (d.address, *n));
+                }
+                Ok(vf) => d.warnings.push(format!("virtfn{n} points to {vf}, which is not a PCI device on this host")),
+                Err(e) => d.warnings.push(format!("virtfn{n}: {e}")),
+            }
+        }
+        if let Some(g) = &r.group_link {
+            match g.parse::<u32>() {
+                Ok(n) if listed.contains_key(&n) => d.iommu_group = Some(n),
+                Ok(n) => d.warnings.push(format!("iommu_group points to group {n}, which {GROUPS_DIR} does not list")),
+                Err(_) => d.warnings.push(format!("iommu_group points to {g:?}, which is not a group number")),
+            }
+        }
+        names::fill(&mut d);
+        physfn_links.push(r.physfn_link);
+        devices.push(d);
+    }
+    for (d, link) in devices.iter_mut().zip(physfn_links) {
+        let Some(link) = link else { continue };
+        match link.parse::<PciAddress>() {
+            Ok(pf) if known.contains(&pf) => {
+                d.physfn = Some(pf);
+                match vf_of.get(&d.address) {
+                    Some((p, n)) if *p == pf => d.vf_index = Some(*n),
+                    _ => d.warnings.push(format!("physfn is {pf}, but {pf} has no virtfn link to this device")),
+                }
+            }
+            Ok(pf) => d.warnings.push(format!("physfn points to {pf}, which is not a PCI device on this host")),
+            Err(e) => d.warnings.push(format!("physfn: {e}")),
+        }
+    }
+    devices.sort_by_key(|d| d.address);
+    let groups = build_groups(&devices, &groups);
+    PciInventory { devices, groups, warnings: Vec::new() }
+}
+
+/// Pure: the IOMMU groups with their members, from the devices' group numbers.
+pub fn build_groups(devices: &[PciDevice], groups: &[RawGroup]) -> Vec<IommuGroup> {
+    let mut by_number: BTreeMap<u32, IommuGroup> = groups
+        .iter()
+        .map(|g| {
+            let group = IommuGroup {
+                number: g.number,
+                group_type: g.group_type.clone(),
+                no_iommu: g.no_iommu,
+                ..Default::default()
+            };
+            (g.number, group)
+        })
+        .collect();
+    for d in devices {
+        let Some(n) = d.iommu_group else { continue };
+        if let Some(g) = by_number.get_mut(&n) {
+            g.devices.push(d.address);
+            if !d.is_bridge() {
+                g.endpoints.push(d.address);
+            }
+        }
+    }
+    by_number.into_values().collect()
+}

@@ -1,0 +1,15 @@
+//! nodeprep prepares Kubernetes and OpenShift worker nodes for virtual machines and sandboxed
+//! containers.
+//!
+//! The crate is laid out as the data flows:
+//! - [`host`] reads the kernel (sysfs, procfs, /dev) under one configurable root: the edge;
+//! - [`model`] is the plain data it produces (the host snapshot);
+//! - [`eligibility`] decides, as pure functions over that data, what the node is fit for;
+//! - [`names`] gives PCI ids their pci.ids names;
+//! - [`render`] turns the data into the text people read.
+
+pub mod eligibility;
+pub mod host;
+pub mod model;
+pub mod names;
+pub mod render;

@@ -1,0 +1,9 @@
+//! Plain data about the host: what the edges read and the pure decisions consume.
+//! No I/O happens in this module.
+
+pub mod address;
+pub mod pci;
+pub mod system;
+
+pub use address::{AddressError, PciAddress};
+pub use pci::{BlockDevice, IommuGroup, Mount, NetInterface, PciDevice, PciInventory};

@@ -1,0 +1,199 @@
+//! What discovery knows about the PCI functions of a node: plain data, no I/O.
+
+use serde::{Deserialize, Serialize};
+
+use super::address::PciAddress;
+
+/// PCI class code of a PCI-to-PCI bridge (base class 06, subclass 04): bridges may share an
+/// IOMMU group with endpoints without making the group unusable for passthrough.
+pub fn is_bridge_class(class_id: u32) -> bool {
+    matches!(class_id >> 8, 0x0604 | 0x0609)
+}
+
+/// One PCI function as sysfs describes it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PciDevice {
+    pub address: PciAddress,
+    /// `None` when the `vendor` file is missing or garbage (see `warnings`).
+    #[serde(with = "opt_hex4")]
+    pub vendor_id: Option<u16>,
+    #[serde(with = "opt_hex4")]
+    pub device_id: Option<u16>,
+    #[serde(with = "opt_hex4")]
+    pub subsystem_vendor_id: Option<u16>,
+    #[serde(with = "opt_hex4")]
+    pub subsystem_device_id: Option<u16>,
+    /// 24-bit class code: base class, subclass, programming interface (`030200`).
+    #[serde(with = "opt_hex6")]
+    pub class_id: Option<u32>,
+    pub revision: Option<u8>,
+    pub vendor_name: Option<String>,
+    pub device_name: Option<String>,
+    pub subsystem_name: Option<String>,
+    pub class_name: Option<String>,
+    /// The bound driver (the name behind the `driver` link).
+    pub driver: Option<String>,
+    /// `driver_override`, when set.
+    pub driver_override: Option<String>,
+    pub iommu_group: Option<u32>,
+    /// NUMA node; `None` when the kernel says -1 (no affinity).
+    pub numa_node: Option<u32>,
+    /// On a VF: its PF.
+    pub physfn: Option<PciAddress>,
+    /// On a VF: its index N (the PF's `virtfnN`).
+    pub vf_index: Option<u32>,
+    /// On a PF: `sriov_totalvfs`.
+    pub sriov_total_vfs: Option<u32>,
+    /// On a PF: `sriov_numvfs`.
+    pub sriov_num_vfs: Option<u32>,
+    /// On a PF: its VFs, by index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vfs: Vec<PciAddress>,
+    /// The firmware's boot display device.
+    pub boot_vga: bool,
+    /// Network interfaces the host has through this function.
+    #[serde(default)]
+    pub net: Vec<NetInterface>,
+    /// Block devices the host has through this function.
+    #[serde(default)]
+    pub block: Vec<BlockDevice>,
+    /// Files that were missing or garbage for this device; the matching fields are `None`.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+impl PciDevice {
+    pub fn is_bridge(&self) -> bool {
+        self.class_id.is_some_and(is_bridge_class)
+    }
+
+    pub fn is_vf(&self) -> bool {
+        self.physfn.is_some()
+    }
+
+    /// What the host uses through this function, in words; empty when nothing.
+    pub fn host_uses(&self) -> Vec<String> {
+        let mut uses = Vec::new();
+        for n in &self.net {
+            if n.default_route {
+                uses.push(format!("{} carries the default route", n.name));
+            }
+        }
+        for b in &self.block {
+            for m in &b.mounts {
+                uses.push(format!("{} holds mounted {}", m.device, m.mount_point));
+            }
+            for s in &b.swaps {
+                uses.push(format!("{s} is in use as swap"));
+            }
+        }
+        if self.boot_vga {
+            uses.push("boot VGA device".to_owned());
+        }
+        uses
+    }
+}
+
+/// A network interface behind a PCI function.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetInterface {
+    pub name: String,
+    /// `operstate` (`up`, `down`, ...), when readable.
+    pub operstate: Option<String>,
+    /// The interface carries an IPv4 or IPv6 default route.
+    pub default_route: bool,
+}
+
+/// A whole-disk block device behind a PCI function, with what the host mounts from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockDevice {
+    pub name: String,
+    /// Partitions of the disk.
+    #[serde(default)]
+    pub partitions: Vec<String>,
+    /// Mounted file systems on the disk, its partitions, or devices stacked on them (dm, md).
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    /// Swap areas on the disk or its partitions.
+    #[serde(default)]
+    pub swaps: Vec<String>,
+}
+
+/// One mounted file system backed by a block device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mount {
+    /// The block device that is mounted (`nvme0n1p2`, `dm-0`).
+    pub device: String,
+    pub mount_point: String,
+    pub fs_type: String,
+}
+
+/// An IOMMU group and its members.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IommuGroup {
+    pub number: u32,
+    /// The group's `type` (`DMA`, `DMA-FQ`, `identity`, ...), when the kernel has the file.
+    #[serde(rename = "type")]
+    pub group_type: Option<String>,
+    /// Every PCI function in the group.
+    pub devices: Vec<PciAddress>,
+    /// The functions that are not bridges: all must be on vfio-pci for a VM to use the group.
+    pub endpoints: Vec<PciAddress>,
+    /// `name` reads `vfio-noiommu` for a no-IOMMU group.
+    pub no_iommu: bool,
+}
+
+impl IommuGroup {
+    /// Only one endpoint function, bridges aside.
+    pub fn is_isolated(&self) -> bool {
+        self.endpoints.len() <= 1
+    }
+}
+
+/// Every PCI function of the node and its IOMMU groups.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PciInventory {
+    /// Sorted by address.
+    pub devices: Vec<PciDevice>,
+    /// Sorted by number.
+    pub groups: Vec<IommuGroup>,
+    /// Problems not tied to one device (an unreadable mount table, ...).
+    pub warnings: Vec<String>,
+}
+
+impl PciInventory {
+    pub fn device(&self, address: &PciAddress) -> Option<&PciDevice> {
+        self.devices.binary_search_by(|d| d.address.cmp(address)).ok().map(|i| &self.devices[i])
+    }
+
+    pub fn group(&self, number: u32) -> Option<&IommuGroup> {
+        self.groups.binary_search_by(|g| g.number.cmp(&number)).ok().map(|i| &self.groups[i])
+    }
+}
+
+macro_rules! opt_hex_serde {
+    ($name:ident, $ty:ty, $width:literal) => {
+        mod $name {
+            use serde::{Deserialize, Deserializer, Serializer};
+            pub fn serialize<S: Serializer>(v: &Option<$ty>, s: S) -> Result<S::Ok, S::Error> {
+                match v {
+                    Some(v) => s.collect_str(&format_args!("{:0w$x}", v, w = $width)),
+                    None => s.serialize_none(),
+                }
+            }
+            pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<$ty>, D::Error> {
+                let s = Option::<String>::deserialize(d)?;
+                s.map(|s| <$ty>::from_str_radix(s.trim_start_matches("0x"), 16).map_err(serde::de::Error::custom))
+                    .transpose()
+            }
+        }
+    };
+}
+opt_hex_serde!(opt_hex4, u16, 4);
+opt_hex_serde!(opt_hex6, u32, 6);

@@ -1,0 +1,3 @@
+//! Human-readable text for the command line: listings and reports built from plain data.
+pub mod check;
+pub mod scan;

@@ -1,0 +1,14 @@
+//! Test support: fake host trees laid out exactly like the Linux kernel's sysfs/procfs/dev.
+//!
+//! Included from integration tests with `mod support;` and from benchmarks with
+//! `#[path = "../tests/support/mod.rs"] mod support;`. Each user needs only part of it.
+#![allow(dead_code)]
+
+pub mod lspci;
+pub mod machines;
+pub mod tree;
+
+#[allow(unused_imports)]
+pub use machines::*;
+#[allow(unused_imports)]
+pub use tree::{HostTree, PciAddr, PciFn, relative};
