@@ -6,10 +6,15 @@
 //! - [`model`] is the plain data it produces (the host snapshot);
 //! - [`eligibility`] decides, as pure functions over that data, what the node is fit for;
 //! - [`names`] gives PCI ids their pci.ids names;
-//! - [`render`] turns the data into the text people read.
+//! - [`render`] turns the data into the text people read;
+//! - [`machineconfig`] renders OpenShift MachineConfigs for boot-time settings (IOMMU, vfio-pci
+//!   ids, huge pages).
 
+pub mod bind;
+pub mod config;
 pub mod eligibility;
 pub mod host;
+pub mod machineconfig;
 pub mod model;
 pub mod names;
 pub mod render;

@@ -6,9 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use nodeprep::bind::{self, Applier, DeviceOutcome, HostKernel, State};
+use nodeprep::config::Config;
 use nodeprep::eligibility::{self, Requirement};
 use nodeprep::host::{self, HostRoot};
+use nodeprep::machineconfig::{self, HugepageRequest, IommuVendor, MachineConfigRequest};
+use nodeprep::model::PciAddress;
 
 /// Exit status for "the node is not fit for what was asked".
 const EXIT_UNFIT: u8 = 1;
@@ -65,6 +69,92 @@ nodeprep check -o json | jq .kata")]
         #[arg(long, value_delimiter = ',', value_name = "LIST")]
         require: Vec<Requirement>,
     },
+    /// Bind the devices the config selects to vfio-pci, now, without a reboot.
+    #[command(after_help = "Whole IOMMU groups are bound (a GPU's audio function goes with it); a group \
+with a device the host or a pod uses is refused with the reason. Original drivers are recorded in \
+var/lib/nodeprep/bindings.json under the host root before anything is touched, so `nodeprep unbind` \
+restores them and a rerun after a crash converges. A device already on vfio-pci causes no write.\n\n\
+Exit status: 0 when every selected device is on vfio-pci (or left as configured), 1 when some were \
+refused or failed, 2 when the config or the host cannot be read (nothing changed).\n\n\
+Examples:\n  nodeprep bind --config /etc/nodeprep/config.yaml --dry-run\n  \
+nodeprep --host-root /host bind --config config.yaml -o json")]
+    Bind {
+        #[command(flatten)]
+        args: BindArgs,
+    },
+    /// Give devices nodeprep bound back their original drivers.
+    #[command(after_help = "Without addresses, every device recorded in var/lib/nodeprep/bindings.json is \
+restored; a device the kubelet allocated to a pod is refused (it would break a running VM).\n\n\
+Examples:\n  nodeprep unbind\n  nodeprep unbind 0000:3b:00.0 0000:3b:00.1\n  nodeprep unbind --dry-run")]
+    Unbind {
+        /// Only these devices (PCI addresses); default: every recorded device.
+        addresses: Vec<PciAddress>,
+        /// Print the plan, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
+    /// Work with the config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Render OpenShift MachineConfigs for boot-time IOMMU, vfio-pci and hugepage settings.
+    #[command(after_help = "Applying these reboots every node of the pool (10-60 minutes a node); \
+`nodeprep bind` does the vfio-pci part at run time instead.\n\n\
+Examples:\n  nodeprep machineconfig --role worker --iommu intel --hugepages 1Gi:16\n  \
+nodeprep machineconfig --iommu amd --vfio-ids 10de:2230,10de:1aef\n  \
+nodeprep machineconfig --iommu intel --config config.yaml   # vfio ids from the config's selectors")]
+    Machineconfig {
+        /// The MachineConfigPool role.
+        #[arg(long, default_value = machineconfig::DEFAULT_ROLE)]
+        role: String,
+        /// IOMMU kernel arguments for this CPU vendor: intel or amd.
+        #[arg(long)]
+        iommu: Option<IommuVendor>,
+        /// vendor:device ids for vfio-pci early binding, comma-separated.
+        #[arg(long, value_name = "IDS", value_parser = parse_ids)]
+        vfio_ids: Option<Vec<(u16, u16)>>,
+        /// Also take vfio ids from the config's entries that bind vendor:device selections.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Hugepages reserved at boot: SIZE:COUNT, comma-separated (1Gi:16,2Mi:1024).
+        #[arg(long, value_name = "LIST", value_parser = parse_pages)]
+        hugepages: Option<Vec<HugepageRequest>>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file; with a readable host, also show what each entry selects.
+    #[command(after_help = "A config with any problem is refused as a whole and every problem is listed. \
+Exit status: 0 valid, 1 invalid, 2 unreadable.\n\nExamples:\n  nodeprep config check config.yaml\n  \
+nodeprep --host-root /host config check /etc/nodeprep/config.yaml")]
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct BindArgs {
+    /// The config file (YAML) that selects the devices.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Print the plan, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    output: Format,
+}
+
+fn parse_ids(s: &str) -> Result<Vec<(u16, u16)>, String> {
+    machineconfig::parse_pci_ids(s).map_err(|e| e.to_string())
+}
+
+fn parse_pages(s: &str) -> Result<Vec<HugepageRequest>, String> {
+    machineconfig::parse_hugepages(s).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -121,7 +211,174 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(EXIT_UNFIT))
             }
         }
+        Command::Bind { args } => run_bind(&root, args),
+        Command::Unbind { addresses, dry_run, output } => run_unbind(&root, &addresses, dry_run, output),
+        Command::Config(ConfigCommand::Check { file }) => run_config_check(&root, &file),
+        Command::Machineconfig { role, iommu, vfio_ids, config, hugepages } => {
+            let mut ids = vfio_ids.unwrap_or_default();
+            if let Some(path) = config {
+                let config = Config::load(&path)?;
+                for e in config.entries.iter().filter(|e| e.bind == nodeprep::config::BindPolicy::VfioPci) {
+                    if let ([v], [d]) = (e.selector.vendors.as_slice(), e.selector.devices.as_slice()) {
+                        ids.push((*v, *d));
+                    }
+                }
+            }
+            let req = MachineConfigRequest { role, iommu, vfio_ids: ids, hugepages: hugepages.unwrap_or_default() };
+            emit(&machineconfig::render(&req)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn run_config_check(root: &HostRoot, file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(nodeprep::config::ConfigError::Read { path, source }) => {
+            anyhow::bail!("read config {}: {source}", path.display())
+        }
+        Err(e) => {
+            eprintln!("nodeprep: {e}");
+            return Ok(ExitCode::from(EXIT_UNFIT));
+        }
+    };
+    let mut out = format!("{}: valid, {} entries\n", file.display(), config.entries.len());
+    match host::pci::discover(root) {
+        Ok(inv) => match config.claims(&inv) {
+            Ok(claims) => {
+                for (i, e) in config.entries.iter().enumerate() {
+                    let mine: Vec<String> = claims
+                        .iter()
+                        .filter(|c| c.entry == i)
+                        .map(|c| format!("{} as {}", c.address, c.resource_name))
+                        .collect();
+                    let what =
+                        if mine.is_empty() { "selects nothing on this host".to_owned() } else { mine.join(", ") };
+                    out.push_str(&format!("  {}: {what}\n", e.name));
+                }
+            }
+            Err(problems) => {
+                eprintln!("nodeprep: config {} refused on this host, nothing changed:", file.display());
+                for p in problems {
+                    eprintln!("  - {p}");
+                }
+                return Ok(ExitCode::from(EXIT_UNFIT));
+            }
+        },
+        Err(e) => out.push_str(&format!("  (host not read, selections not shown: {e})\n")),
+    }
+    emit(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn outcome_text(outcomes: &[DeviceOutcome]) -> String {
+    let mut out = String::new();
+    for o in outcomes {
+        let node = o.vfio_device.as_deref().map(|n| format!(" {n}")).unwrap_or_default();
+        let detail = o.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default();
+        let writes = if o.writes > 0 { format!(" ({} writes)", o.writes) } else { String::new() };
+        out.push_str(&format!("{:<14}{}{node}{writes}{detail}\n", o.outcome, o.address));
+    }
+    out
+}
+
+fn run_bind(root: &HostRoot, args: BindArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let config = Config::load(&args.config)?;
+    let inv = host::pci::discover(root)
+        .with_context(|| format!("cannot discover PCI devices under host root {}", root.path().display()))?;
+    let claims = config.claims(&inv).map_err(|problems| {
+        anyhow::anyhow!(
+            "config {} refused on this host, nothing changed:\n{}",
+            args.config.display(),
+            problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+        )
+    })?;
+    let allocations =
+        host::kubelet::read_allocations(root).context("cannot tell which devices pods hold; nothing changed")?;
+    let vfio_loaded = root.join("sys/bus/pci/drivers/vfio-pci").exists();
+    let plan = bind::plan_bind(&inv, &config, &claims, &allocations, vfio_loaded);
+    if args.dry_run {
+        match args.output {
+            Format::Text => emit(&plan.to_string())?,
+            Format::Json => emit(&(serde_json::to_string_pretty(&plan)? + "\n"))?,
+            Format::Yaml => emit(&serde_yaml::to_string(&plan)?)?,
+        }
+        return Ok(if plan.refused().next().is_some() { ExitCode::from(EXIT_UNFIT) } else { ExitCode::SUCCESS });
+    }
+    let mut state = State::load(root)?;
+    let mut kernel = HostKernel::new(root);
+    let outcomes = Applier::new(root, &mut kernel).apply_bind(&plan, &mut state)?;
+    let writes: usize = outcomes.iter().map(|o| o.writes).sum();
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    match args.output {
+        Format::Text => {
+            let mut text = outcome_text(&outcomes);
+            let count = |k: &str| outcomes.iter().filter(|o| o.outcome == k).count();
+            text.push_str(&format!(
+                "{} bound, {} already bound, {} refused, {} failed; {writes} sysfs writes in {elapsed_ms:.1} ms\n",
+                count("bound"),
+                count("already-bound"),
+                count("refused"),
+                count("failed") + count("rolled-back"),
+            ));
+            emit(&text)?;
+        }
+        Format::Json | Format::Yaml => {
+            let v = serde_json::json!({ "outcomes": outcomes, "writes": writes, "elapsedMs": elapsed_ms });
+            let text = if matches!(args.output, Format::Json) {
+                serde_json::to_string_pretty(&v)? + "\n"
+            } else {
+                serde_yaml::to_string(&v)?
+            };
+            emit(&text)?;
+        }
+    }
+    Ok(if outcomes.iter().any(DeviceOutcome::is_failure) { ExitCode::from(EXIT_UNFIT) } else { ExitCode::SUCCESS })
+}
+
+fn run_unbind(root: &HostRoot, only: &[PciAddress], dry_run: bool, output: Format) -> anyhow::Result<ExitCode> {
+    let inv = host::pci::discover(root)
+        .with_context(|| format!("cannot discover PCI devices under host root {}", root.path().display()))?;
+    let allocations =
+        host::kubelet::read_allocations(root).context("cannot tell which devices pods hold; nothing changed")?;
+    let mut state = State::load(root)?;
+    for a in only {
+        if !state.devices.contains_key(a) {
+            anyhow::bail!("{a} was not bound by nodeprep (not in {}); nothing changed", State::path(root).display());
+        }
+    }
+    let plan = bind::plan_unbind(&inv, &state, &allocations, only);
+    let outcomes = if dry_run {
+        if matches!(output, Format::Text) {
+            let mut text = String::new();
+            for p in &plan {
+                text.push_str(&format!("{} {}\n", p.address, serde_json::to_string(&p.action)?));
+            }
+            if plan.is_empty() {
+                text.push_str("nothing to restore\n");
+            }
+            emit(&text)?;
+        } else {
+            emit(&(serde_json::to_string_pretty(&plan)? + "\n"))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    } else {
+        let mut kernel = HostKernel::new(root);
+        Applier::new(root, &mut kernel).apply_unbind(&plan, &mut state)?
+    };
+    match output {
+        Format::Text => {
+            let mut text = outcome_text(&outcomes);
+            if outcomes.is_empty() {
+                text.push_str("nothing to restore\n");
+            }
+            emit(&text)?;
+        }
+        Format::Json => emit(&(serde_json::to_string_pretty(&serde_json::json!({ "outcomes": outcomes }))? + "\n"))?,
+        Format::Yaml => emit(&serde_yaml::to_string(&serde_json::json!({ "outcomes": outcomes }))?)?,
+    }
+    Ok(if outcomes.iter().any(DeviceOutcome::is_failure) { ExitCode::from(EXIT_UNFIT) } else { ExitCode::SUCCESS })
 }
 
 /// Writes to standard output; a closed pipe (`| head`) is not an error.

@@ -3,6 +3,7 @@
 //! Everything here turns kernel files into the plain data in [`crate::model`]; no decisions are
 //! made here.
 
+pub mod kubelet;
 pub mod pci;
 pub mod root;
 pub mod system;

@@ -79,6 +79,9 @@ impl PciDevice {
             if n.default_route {
                 uses.push(format!("{} carries the default route", n.name));
             }
+            if !n.addresses.is_empty() {
+                uses.push(format!("{} has address {}", n.name, n.addresses.join(", ")));
+            }
         }
         for b in &self.block {
             for m in &b.mounts {
@@ -104,6 +107,10 @@ pub struct NetInterface {
     pub operstate: Option<String>,
     /// The interface carries an IPv4 or IPv6 default route.
     pub default_route: bool,
+    /// Its addresses: IPv4 networks it is connected to (from the routing table) and global
+    /// IPv6 addresses. Link-local addresses do not count.
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 /// A whole-disk block device behind a PCI function, with what the host mounts from it.

@@ -1,0 +1,549 @@
+//! The node config: which devices nodeprep takes, what it does with them, and under which
+//! extended-resource name it advertises them. One YAML file (a ConfigMap in the cluster).
+//!
+//! ```yaml
+//! # The HyperConverged form, copied as it is from spec.permittedHostDevices:
+//! pciHostDevices:
+//!   - pciDeviceSelector: "10DE:1EB8"
+//!     resourceName: nvidia.com/TU104GL_Tesla_T4
+//!     externalResourceProvider: true
+//! # The richer selectors the SR-IOV device plugin taught users:
+//! devices:
+//!   - resourceName: intel.com/qat_vf      # optional: derived from pci.ids when absent
+//!     bind: vfio-pci                      # or "none" to leave the driver alone
+//!     selectors:
+//!       vendors: ["8086"]
+//!       devices: ["37c9"]
+//!       pfNames: ["ens1f0#0-3"]
+//! ```
+//!
+//! Loading validates everything and refuses the file as a whole, listing every problem.
+//! [`Config::claims`] then resolves entries against a host's devices and refuses a device two
+//! entries both claim.
+
+pub mod selector;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::model::{PciAddress, PciDevice, PciInventory};
+pub use selector::{PfName, Selector};
+
+/// Why a config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid YAML for nodeprep: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config {path} refused, nothing changed; fix these and try again:\n{}", list(.problems))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+fn list(problems: &[String]) -> String {
+    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+}
+
+impl ConfigError {
+    /// Every problem, one per line, for reports and Events.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems.clone(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// What to do with the selected devices' driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindPolicy {
+    /// Bind to vfio-pci (the default): what VMs and DPDK need.
+    VfioPci,
+    /// Leave the current driver alone (advertise only).
+    Leave,
+}
+
+/// Where an entry came from, for messages: `pciHostDevices[0]`, `devices[2]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryName(pub String);
+
+impl fmt::Display for EntryName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One validated config entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub name: EntryName,
+    pub selector: Selector,
+    /// The extended-resource name; `None` means derive it per device from pci.ids.
+    pub resource_name: Option<String>,
+    pub bind: BindPolicy,
+    /// KubeVirt's flag: an external device plugin (nodeprep) provides this resource.
+    pub external_resource_provider: bool,
+}
+
+/// A validated config.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    pub entries: Vec<Entry>,
+}
+
+/// A device an entry takes, with the resource it will be advertised under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub address: PciAddress,
+    pub entry: usize,
+    pub resource_name: String,
+}
+
+// ---- the file format ---------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawConfig {
+    #[serde(default)]
+    pci_host_devices: Vec<RawHostDevice>,
+    #[serde(default)]
+    permitted_host_devices: Option<RawPermitted>,
+    #[serde(default)]
+    devices: Vec<RawDevice>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawPermitted {
+    #[serde(default)]
+    pci_host_devices: Vec<RawHostDevice>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawHostDevice {
+    pci_device_selector: Option<String>,
+    resource_name: Option<String>,
+    #[serde(default)]
+    external_resource_provider: bool,
+    #[serde(default)]
+    disabled: bool,
+    bind: Option<String>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawDevice {
+    resource_name: Option<String>,
+    bind: Option<String>,
+    #[serde(default)]
+    external_resource_provider: bool,
+    selectors: Option<RawSelectors>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct RawSelectors {
+    #[serde(default)]
+    vendors: Vec<String>,
+    #[serde(default)]
+    devices: Vec<String>,
+    #[serde(default)]
+    classes: Vec<String>,
+    #[serde(default)]
+    drivers: Vec<String>,
+    #[serde(default)]
+    pci_addresses: Vec<String>,
+    #[serde(default)]
+    pf_names: Vec<String>,
+    #[serde(default)]
+    numa_nodes: Vec<u32>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, serde_yaml::Value>,
+}
+
+fn unknown_keys(at: &str, unknown: &BTreeMap<String, serde_yaml::Value>, known: &str, problems: &mut Vec<String>) {
+    for k in unknown.keys() {
+        problems.push(format!("{at}: unknown field {k:?} (known fields: {known})"));
+    }
+}
+
+fn parse_bind(at: &str, bind: Option<&str>, problems: &mut Vec<String>) -> BindPolicy {
+    match bind {
+        None | Some("vfio-pci") => BindPolicy::VfioPci,
+        Some("none") => BindPolicy::Leave,
+        Some(other) => {
+            problems.push(format!("{at}: bind: {other:?} is not \"vfio-pci\" or \"none\""));
+            BindPolicy::VfioPci
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text).map_err(|e| match e {
+            ParseError::Syntax(message) => ConfigError::Syntax { path: path.to_owned(), message },
+            ParseError::Invalid(problems) => ConfigError::Invalid { path: path.to_owned(), problems },
+        })
+    }
+
+    /// Parses and validates config text; every problem is listed.
+    pub fn parse(text: &str) -> Result<Config, ParseError> {
+        // An empty file (or only comments) is a valid config that selects nothing.
+        if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+            return Ok(Config::default());
+        }
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ParseError::Syntax(e.to_string()))?;
+        let mut problems = Vec::new();
+        let mut entries = Vec::new();
+        unknown_keys("config", &raw.unknown, "pciHostDevices, permittedHostDevices, devices", &mut problems);
+
+        let mut host_devices: Vec<(String, RawHostDevice)> =
+            raw.pci_host_devices.into_iter().enumerate().map(|(i, d)| (format!("pciHostDevices[{i}]"), d)).collect();
+        if let Some(p) = raw.permitted_host_devices {
+            unknown_keys("permittedHostDevices", &p.unknown, "pciHostDevices", &mut problems);
+            host_devices.extend(
+                p.pci_host_devices
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, d)| (format!("permittedHostDevices.pciHostDevices[{i}]"), d)),
+            );
+        }
+        for (at, d) in host_devices {
+            unknown_keys(
+                &at,
+                &d.unknown,
+                "pciDeviceSelector, resourceName, externalResourceProvider, disabled, bind",
+                &mut problems,
+            );
+            if d.disabled {
+                continue;
+            }
+            let bind = parse_bind(&at, d.bind.as_deref(), &mut problems);
+            let mut selector = Selector::default();
+            match d.pci_device_selector.as_deref().map(selector::parse_vendor_device) {
+                Some(Ok((v, dev))) => {
+                    selector.vendors.push(v);
+                    selector.devices.push(dev);
+                }
+                Some(Err(e)) => problems.push(format!("{at}: pciDeviceSelector: {e}")),
+                None => problems
+                    .push(format!("{at}: pciDeviceSelector is required (\"VENDOR:DEVICE\", e.g. \"10DE:1EB8\")")),
+            }
+            let resource_name = match d.resource_name {
+                Some(r) => {
+                    if let Err(e) = validate_resource_name(&r) {
+                        problems.push(format!("{at}: resourceName: {e}"));
+                    }
+                    Some(r)
+                }
+                None => {
+                    problems.push(format!("{at}: resourceName is required in the HyperConverged form (it must match the HyperConverged CR byte for byte)"));
+                    None
+                }
+            };
+            entries.push(Entry {
+                name: EntryName(at),
+                selector,
+                resource_name,
+                bind,
+                external_resource_provider: d.external_resource_provider,
+            });
+        }
+
+        for (i, d) in raw.devices.into_iter().enumerate() {
+            let at = format!("devices[{i}]");
+            unknown_keys(&at, &d.unknown, "resourceName, bind, externalResourceProvider, selectors", &mut problems);
+            let bind = parse_bind(&at, d.bind.as_deref(), &mut problems);
+            if let Some(r) = &d.resource_name {
+                if let Err(e) = validate_resource_name(r) {
+                    problems.push(format!("{at}: resourceName: {e}"));
+                }
+            }
+            let selector = match d.selectors {
+                Some(s) => parse_selectors(&at, s, &mut problems),
+                None => {
+                    problems.push(format!("{at}: selectors is required (vendors, devices, classes, drivers, pciAddresses, pfNames, numaNodes)"));
+                    Selector::default()
+                }
+            };
+            if selector.is_empty() {
+                problems.push(format!("{at}: selectors select nothing in particular: name at least one of vendors, devices, classes, drivers, pciAddresses, pfNames"));
+            }
+            entries.push(Entry {
+                name: EntryName(at),
+                selector,
+                resource_name: d.resource_name,
+                bind,
+                external_resource_provider: d.external_resource_provider,
+            });
+        }
+
+        // The same explicit address in two entries is a conflict without looking at any host.
+        let mut seen: BTreeMap<PciAddress, &EntryName> = BTreeMap::new();
+        for e in &entries {
+            for a in &e.selector.addresses {
+                if let Some(first) = seen.insert(*a, &e.name) {
+                    problems.push(format!("{a} is named by both {first} and {}", e.name));
+                }
+            }
+        }
+        // Identical selectors (checked once the entries themselves are valid, so a half-parsed
+        // selector does not produce a second, confusing report).
+        let valid_so_far = problems.is_empty();
+        for (i, a) in entries.iter().enumerate().filter(|_| valid_so_far) {
+            for b in &entries[i + 1..] {
+                if a.selector == b.selector && !a.selector.is_empty() {
+                    problems.push(format!(
+                        "{} and {} have the same selector: both would claim the same devices",
+                        a.name, b.name
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() { Ok(Config { entries }) } else { Err(ParseError::Invalid(problems)) }
+    }
+
+    /// Pure: the devices each entry takes on this host, with their resource names. A device
+    /// two entries both take is a problem: the whole config is refused.
+    pub fn claims(&self, inv: &PciInventory) -> Result<Vec<Claim>, Vec<String>> {
+        let mut claims: Vec<Claim> = Vec::new();
+        let mut problems = Vec::new();
+        let mut owner: BTreeMap<PciAddress, usize> = BTreeMap::new();
+        for (i, e) in self.entries.iter().enumerate() {
+            for d in inv.devices.iter().filter(|d| e.selector.matches(d, inv)) {
+                if let Some(first) = owner.insert(d.address, i) {
+                    problems.push(format!(
+                        "{} is claimed by both {} and {}: narrow one of the selectors",
+                        d.address, self.entries[first].name, e.name
+                    ));
+                    continue;
+                }
+                let resource_name = e.resource_name.clone().unwrap_or_else(|| derived_resource_name(d));
+                claims.push(Claim { address: d.address, entry: i, resource_name });
+            }
+        }
+        if problems.is_empty() { Ok(claims) } else { Err(problems) }
+    }
+}
+
+/// A config that could not be parsed, before a file path is attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    Syntax(String),
+    Invalid(Vec<String>),
+}
+
+fn parse_selectors(at: &str, s: RawSelectors, problems: &mut Vec<String>) -> Selector {
+    let at = format!("{at}.selectors");
+    unknown_keys(&at, &s.unknown, "vendors, devices, classes, drivers, pciAddresses, pfNames, numaNodes", problems);
+    let mut out = Selector { drivers: s.drivers, numa_nodes: s.numa_nodes, ..Default::default() };
+    let mut each = |list: &[String], what: &str, f: &mut dyn FnMut(&str) -> Result<(), String>| {
+        for v in list {
+            if let Err(e) = f(v) {
+                problems.push(format!("{at}.{what}: {e}"));
+            }
+        }
+    };
+    each(&s.vendors, "vendors", &mut |v| selector::parse_hex16(v).map(|x| out.vendors.push(x)));
+    each(&s.devices, "devices", &mut |v| selector::parse_hex16(v).map(|x| out.devices.push(x)));
+    each(&s.classes, "classes", &mut |v| selector::parse_class(v).map(|x| out.classes.push(x)));
+    each(&s.pci_addresses, "pciAddresses", &mut |v| {
+        v.parse::<PciAddress>().map(|a| out.addresses.push(a)).map_err(|e| e.to_string())
+    });
+    each(&s.pf_names, "pfNames", &mut |v| selector::parse_pf_name(v).map(|p| out.pf_names.push(p)));
+    out
+}
+
+/// Checks an extended-resource name: `domain/name`, the domain a DNS subdomain outside
+/// `kubernetes.io` (and `k8s.io`), the name a qualified name of at most 63 characters.
+pub fn validate_resource_name(s: &str) -> Result<(), String> {
+    let (domain, name) =
+        s.split_once('/').ok_or_else(|| format!("{s:?} needs a domain prefix, like nvidia.com/TU104GL_TESLA_T4"))?;
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if domain.len() > 253 || !domain.contains('.') || !domain.split('.').all(label_ok) {
+        return Err(format!("{s:?}: {domain:?} is not a lower-case DNS domain like example.com"));
+    }
+    if ["kubernetes.io", "k8s.io"].iter().any(|k| domain == *k || domain.ends_with(&format!(".{k}"))) {
+        return Err(format!("{s:?}: the {domain} domain is reserved for Kubernetes; use your own, like nodeprep.io"));
+    }
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    if name.is_empty()
+        || name.len() > 63
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || !edge_ok(name.chars().next())
+        || !edge_ok(name.chars().last())
+    {
+        return Err(format!(
+            "{s:?}: {name:?} must be 1-63 characters of [A-Za-z0-9-_.], starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// The domain a vendor's resources live under when a config entry names none.
+pub fn vendor_domain(vendor_id: Option<u16>) -> &'static str {
+    match vendor_id {
+        Some(0x10de) => "nvidia.com",
+        Some(0x8086) => "intel.com",
+        Some(0x1002 | 0x1022) => "amd.com",
+        Some(0x15b3) => "mellanox.com",
+        Some(0x14e4) => "broadcom.com",
+        _ => "devices.nodeprep.io",
+    }
+}
+
+/// The resource name for a device whose entry names none, the way NVIDIA's KubeVirt GPU plugin
+/// derives it: the pci.ids device name, upper-cased, `/`, `.` and white space to `_`,
+/// anything outside `[A-Za-z0-9_.]` dropped, under the vendor's domain
+/// (`nvidia.com/TU104GL_TESLA_T4`). Without a pci.ids name: `VVVV_DDDD` in hex.
+pub fn derived_resource_name(d: &PciDevice) -> String {
+    let suffix = d
+        .device_name
+        .as_deref()
+        .map(crate::names::resource_suffix)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim_matches('_').chars().take(63).collect::<String>())
+        .unwrap_or_else(|| format!("{:04X}_{:04X}", d.vendor_id.unwrap_or(0), d.device_id.unwrap_or(0)));
+    format!("{}/{suffix}", vendor_domain(d.vendor_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+pciHostDevices:
+  - pciDeviceSelector: "10DE:1EB8"
+    resourceName: nvidia.com/TU104GL_Tesla_T4
+    externalResourceProvider: true
+devices:
+  - resourceName: intel.com/qat_vf
+    selectors:
+      vendors: ["8086"]
+      devices: ["37c9"]
+  - bind: none
+    selectors:
+      pfNames: ["ens1f0#0-1"]
+"#;
+
+    #[test]
+    fn parses_both_forms() {
+        let c = Config::parse(GOOD).expect("valid");
+        assert_eq!(c.entries.len(), 3);
+        assert_eq!(c.entries[0].selector.vendors, vec![0x10de]);
+        assert_eq!(c.entries[0].selector.devices, vec![0x1eb8]);
+        assert!(c.entries[0].external_resource_provider);
+        assert_eq!(c.entries[0].bind, BindPolicy::VfioPci);
+        assert_eq!(c.entries[2].bind, BindPolicy::Leave);
+        assert_eq!(c.entries[2].resource_name, None);
+        assert_eq!(c.entries[1].name.to_string(), "devices[0]");
+    }
+
+    #[test]
+    fn hyperconverged_spec_can_be_pasted_whole() {
+        let text = "permittedHostDevices:\n  pciHostDevices:\n    - pciDeviceSelector: 10de:1db6\n      resourceName: nvidia.com/GV100GL_Tesla_V100\n    - pciDeviceSelector: 8086:6F54\n      resourceName: intel.com/qat\n      disabled: true\n";
+        let c = Config::parse(text).expect("valid");
+        assert_eq!(c.entries.len(), 1, "disabled entries are skipped");
+        assert_eq!(c.entries[0].name.to_string(), "permittedHostDevices.pciHostDevices[0]");
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let bad = r#"
+pciHostDevice: []
+pciHostDevices:
+  - pciDeviceSelector: "10DE-1EB8"
+    resourceName: TU104GL
+  - pciDeviceSelector: "10DE:1EB8"
+    resourceName: kubernetes.io/gpu
+    bind: nouveau
+devices:
+  - selectors:
+      vendor: ["8086"]
+      pciAddresses: ["0000:3b:00.0", "0000:3b:00.9"]
+      classes: ["030"]
+      pfNames: ["ens1f0#5-2"]
+  - selectors:
+      pciAddresses: ["3b:00.0"]
+"#;
+        let Err(ParseError::Invalid(p)) = Config::parse(bad) else { panic!("must be refused") };
+        let all = p.join("\n");
+        for needle in [
+            "unknown field \"pciHostDevice\"",
+            "pciHostDevices[0]: pciDeviceSelector: \"10DE-1EB8\" is not VENDOR:DEVICE",
+            "pciHostDevices[0]: resourceName: \"TU104GL\" needs a domain prefix",
+            "pciHostDevices[1]: resourceName: \"kubernetes.io/gpu\": the kubernetes.io domain is reserved",
+            "pciHostDevices[1]: bind: \"nouveau\"",
+            "devices[0].selectors: unknown field \"vendor\"",
+            "devices[0].selectors.pciAddresses: invalid PCI address \"0000:3b:00.9\"",
+            "devices[0].selectors.classes: \"030\"",
+            "devices[0].selectors.pfNames: \"ens1f0#5-2\"",
+            "0000:3b:00.0 is named by both devices[0] and devices[1]",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert_eq!(p.len(), 10, "{all}");
+    }
+
+    #[test]
+    fn syntax_errors_and_empty_files() {
+        assert!(matches!(Config::parse("devices: [\n"), Err(ParseError::Syntax(_))));
+        assert!(matches!(Config::parse("devices: 3\n"), Err(ParseError::Syntax(_))));
+        assert_eq!(Config::parse("# nothing yet\n"), Ok(Config::default()));
+        assert_eq!(Config::parse(""), Ok(Config::default()));
+    }
+
+    #[test]
+    fn resource_names() {
+        for ok in ["nvidia.com/TU104GL_TESLA_T4", "intel.com/qat_vf", "devices.kubevirt.io/kvm", "a.b/c.d-e"] {
+            assert_eq!(validate_resource_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "gpu",
+            "nvidia/gpu",
+            "NVIDIA.com/gpu",
+            "kubernetes.io/gpu",
+            "x.k8s.io/gpu",
+            "nvidia.com/",
+            "nvidia.com/_x",
+            "nvidia.com/a b",
+        ] {
+            assert!(validate_resource_name(bad).is_err(), "{bad}");
+        }
+        let gpu = PciDevice {
+            vendor_id: Some(0x10de),
+            device_id: Some(0x1eb8),
+            device_name: Some("TU104GL [Tesla T4]".into()),
+            ..Default::default()
+        };
+        assert_eq!(derived_resource_name(&gpu), "nvidia.com/TU104GL_TESLA_T4");
+        let unknown = PciDevice { vendor_id: Some(0x1234), device_id: Some(0x11e8), ..Default::default() };
+        assert_eq!(derived_resource_name(&unknown), "devices.nodeprep.io/1234_11E8");
+        assert_eq!(validate_resource_name(&derived_resource_name(&unknown)), Ok(()));
+    }
+}
