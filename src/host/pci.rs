@@ -8,8 +8,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
 
 use super::root::{HostError, HostRoot};
 use super::usage;
@@ -106,10 +109,16 @@ fn read_devices(devices_dir: &Path, addresses: &[PciAddress]) -> Vec<RawDevice> 
 
 /// Reads one function's directory.
 pub fn read_device(dir: &Path, address: PciAddress) -> RawDevice {
-    let mut r = DeviceReader { dir, buf: PathBuf::with_capacity(dir.as_os_str().len() + 24), warnings: Vec::new() };
     let mut raw = RawDevice::default();
+    raw.device.address = address;
+    let mut r = match DeviceReader::open(dir) {
+        Ok(r) => r,
+        Err(e) => {
+            raw.device.warnings.push(e.to_string());
+            return raw;
+        }
+    };
     let d = &mut raw.device;
-    d.address = address;
 
     // One directory read tells which optional files exist, so absent ones cost no failed opens.
     let listing = match r.list() {
@@ -168,19 +177,24 @@ pub fn read_device(dir: &Path, address: PciAddress) -> RawDevice {
     raw
 }
 
-/// Reads files of one device directory, turning every failure into a warning.
+/// Reads files of one device directory through one directory descriptor (`openat`,
+/// `readlinkat`), so the long sysfs path is resolved once per device, and each attribute is one
+/// `read`: sysfs hands an attribute over whole. Every failure becomes a warning.
 struct DeviceReader<'a> {
     dir: &'a Path,
-    buf: PathBuf,
+    fd: OwnedFd,
     warnings: Vec<String>,
 }
 
-impl DeviceReader<'_> {
-    fn path(&mut self, name: &str) -> &Path {
-        self.buf.clear();
-        self.buf.push(self.dir);
-        self.buf.push(name);
-        &self.buf
+impl<'a> DeviceReader<'a> {
+    fn open(dir: &'a Path) -> Result<Self, HostError> {
+        let fd = nix::fcntl::open(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| HostError::io("open directory", dir, e.into()))?;
+        Ok(DeviceReader { dir, fd, warnings: Vec::new() })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
     }
 
     fn warn(&mut self, name: &str, problem: String) {
@@ -200,22 +214,19 @@ impl DeviceReader<'_> {
 
     /// A small attribute file, trailing white space removed.
     fn text(&mut self, name: &str) -> Option<String> {
-        let path = self.path(name).to_path_buf();
-        let mut bytes = Vec::with_capacity(32);
-        let res = fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes));
-        match res {
-            Ok(_) => match String::from_utf8(bytes) {
+        match read_small(&self.fd, name) {
+            Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(mut s) => {
                     s.truncate(s.trim_end().len());
                     Some(s)
                 }
                 Err(_) => {
-                    self.warnings.push(format!("{}: not UTF-8 text", path.display()));
+                    self.warn(name, "not UTF-8 text".into());
                     None
                 }
             },
             Err(e) => {
-                self.warnings.push(HostError::io("read", path, e).to_string());
+                self.warnings.push(HostError::io("read", self.path(name), e.into()).to_string());
                 None
             }
         }
@@ -260,24 +271,38 @@ impl DeviceReader<'_> {
     /// The last component of a link's target. With `must_resolve`, a dangling link is a warning
     /// and yields `None` (the `driver` link: its target directory is the driver).
     fn link_name(&mut self, name: &str, must_resolve: bool) -> Option<String> {
-        let path = self.path(name).to_path_buf();
-        let target = match fs::read_link(&path) {
-            Ok(t) => t,
+        let target = match nix::fcntl::readlinkat(&self.fd, name) {
+            Ok(t) => PathBuf::from(t),
             Err(e) => {
-                self.warnings.push(HostError::io("readlink", path, e).to_string());
+                self.warnings.push(HostError::io("readlink", self.path(name), e.into()).to_string());
                 return None;
             }
         };
-        if must_resolve && !path.exists() {
-            self.warnings.push(format!("{}: dangling link to {}", path.display(), target.display()));
+        if must_resolve && nix::sys::stat::fstatat(&self.fd, name, AtFlags::empty()).is_err() {
+            self.warn(name, format!("dangling link to {}", target.display()));
             return None;
         }
         match target.file_name().and_then(|n| n.to_str()) {
             Some(n) => Some(n.to_owned()),
             None => {
-                self.warnings.push(format!("{}: link target {} has no name", path.display(), target.display()));
+                self.warn(name, format!("link target {} has no name", target.display()));
                 None
             }
+        }
+    }
+}
+
+/// Reads a small file relative to a directory descriptor: one `read` when the content fits in
+/// the buffer (a short read of a regular file or a sysfs attribute is the whole file).
+fn read_small(dir: &OwnedFd, name: &str) -> nix::Result<Vec<u8>> {
+    let fd = nix::fcntl::openat(dir, name, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let mut buf = [0u8; 4096];
+    let mut out = Vec::new();
+    loop {
+        let n = nix::unistd::read(&fd, &mut buf)?;
+        out.extend_from_slice(&buf[..n]);
+        if n < buf.len() {
+            return Ok(out);
         }
     }
 }
