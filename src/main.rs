@@ -362,7 +362,8 @@ fn run_unbind(root: &HostRoot, only: &[PciAddress], dry_run: bool, output: Forma
         } else {
             emit(&(serde_json::to_string_pretty(&plan)? + "\n"))?;
         }
-        return Ok(ExitCode::SUCCESS);
+        let refused = plan.iter().any(|p| matches!(p.action, bind::plan::RestoreAction::Refused { .. }));
+        return Ok(if refused { ExitCode::from(EXIT_UNFIT) } else { ExitCode::SUCCESS });
     } else {
         let mut kernel = HostKernel::new(root);
         Applier::new(root, &mut kernel).apply_unbind(&plan, &mut state)?

@@ -213,12 +213,19 @@ impl<'a, K: Kernel> Applier<'a, K> {
         }
     }
 
-    /// Gives a device back its original driver: clears the override, unbinds from vfio-pci
-    /// and probes again, then checks the result.
-    pub fn restore_one(&mut self, a: PciAddress, to: Option<&str>, writes: &mut usize) -> Result<(), ApplyError> {
+    /// Gives a device back its original driver: puts back its original `driver_override`
+    /// (normally none: a newline clears it), unbinds from vfio-pci and probes again, then checks
+    /// the result.
+    pub fn restore_one(
+        &mut self,
+        a: PciAddress,
+        to: Option<&str>,
+        original_override: Option<&str>,
+        writes: &mut usize,
+    ) -> Result<(), ApplyError> {
         let dev = self.dev(a);
-        if self.override_of(a).is_some() {
-            self.write(dev.join("driver_override"), "\n", writes)?;
+        if self.override_of(a).as_deref() != original_override {
+            self.write(dev.join("driver_override"), original_override.unwrap_or("\n"), writes)?;
         }
         if self.driver(a).as_deref() == Some(VFIO_PCI) {
             self.write(self.root.join("sys/bus/pci/drivers/vfio-pci/unbind"), &a.to_string(), writes)?;
@@ -341,12 +348,23 @@ impl<'a, K: Kernel> Applier<'a, K> {
             }
             if let Some((failed, why, writes)) = failure {
                 // Roll the whole group back: a half-bound group is of no use and may have taken
-                // a driver from the host.
+                // a driver from the host. That includes members an earlier, interrupted run moved
+                // (the plan calls them already bound; the state file says they were ours).
+                let earlier: Vec<(PciAddress, usize)> = plan
+                    .devices
+                    .iter()
+                    .filter(|d| d.iommu_group == Some(g) && d.action == Action::AlreadyBound)
+                    .filter(|d| state.devices.contains_key(&d.address))
+                    .map(|d| (d.address, 0))
+                    .collect();
+                out.retain(|o| !earlier.iter().any(|(a, _)| *a == o.address));
                 let mut rolled = Vec::new();
-                for (a, w) in done.iter().copied().chain(std::iter::once((failed, writes))) {
+                for (a, w) in earlier.into_iter().chain(done.iter().copied()).chain(std::iter::once((failed, writes))) {
                     let mut w = w;
-                    let to = state.devices.get(&a).and_then(|r| r.original_driver.clone());
-                    let res = self.restore_one(a, to.as_deref(), &mut w);
+                    let rec = state.devices.get(&a).cloned();
+                    let to = rec.as_ref().and_then(|r| r.original_driver.clone());
+                    let ovr = rec.as_ref().and_then(|r| r.original_override.clone());
+                    let res = self.restore_one(a, to.as_deref(), ovr.as_deref(), &mut w);
                     let detail = match res {
                         Ok(()) => {
                             state.devices.remove(&a);
@@ -406,7 +424,12 @@ impl<'a, K: Kernel> Applier<'a, K> {
                         Some(format!("already on {}", driver.as_deref().unwrap_or("no driver"))),
                     )
                 }
-                RestoreAction::Restore { to } => match self.restore_one(a, to.as_deref(), &mut writes) {
+                RestoreAction::Restore { to } => match self.restore_one(
+                    a,
+                    to.as_deref(),
+                    state.devices.get(&a).and_then(|r| r.original_override.clone()).as_deref(),
+                    &mut writes,
+                ) {
                     Ok(()) => {
                         tracing::info!(device = %a, driver = to.as_deref().unwrap_or("none"), writes, "restored");
                         state.devices.remove(&a);

@@ -25,7 +25,7 @@ pub const VFIO_PCI: &str = "vfio-pci";
 
 /// What happens to one device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase", tag = "action")]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "action")]
 pub enum Action {
     /// Already on vfio-pci: no write.
     AlreadyBound,
@@ -39,7 +39,7 @@ pub enum Action {
 
 /// Why a device is selected in the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum Role {
     /// A config entry selected it, for this resource.
     Selected { resource_name: String, entry: String },
@@ -239,7 +239,7 @@ pub fn plan_bind(
 
 /// What happens to one recorded device on unbind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase", tag = "action")]
+#[serde(rename_all = "camelCase", rename_all_fields = "camelCase", tag = "action")]
 pub enum RestoreAction {
     /// Give it back its original driver (or none).
     Restore { to: Option<String> },

@@ -278,6 +278,7 @@ impl Config {
                     problems.push(format!("{at}: resourceName: {e}"));
                 }
             }
+            let before = problems.len();
             let selector = match d.selectors {
                 Some(s) => parse_selectors(&at, s, &mut problems),
                 None => {
@@ -285,7 +286,8 @@ impl Config {
                     Selector::default()
                 }
             };
-            if selector.is_empty() {
+            // (An entry whose selectors were all invalid is already reported.)
+            if selector.is_empty() && problems.len() == before {
                 problems.push(format!("{at}: selectors select nothing in particular: name at least one of vendors, devices, classes, drivers, pciAddresses, pfNames"));
             }
             entries.push(Entry {
