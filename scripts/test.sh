@@ -27,3 +27,4 @@ echo "== tests"
 cargo nextest run --locked --no-fail-fast
 echo "== benchmarks"
 cargo bench --locked --bench scan
+cargo bench --locked --bench bind

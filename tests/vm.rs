@@ -224,3 +224,194 @@ section require-kvm nodeprep check --require kvm
         assert!(stderr.contains("not fit for: passthrough"), "{stderr}");
     }
 }
+
+// ---- binding on a real kernel ------------------------------------------------------------------
+
+/// The addresses the Iommu machine gives its devices (asserted by the tests, so a change in the
+/// harness shows up as a clear failure rather than a config that selects nothing).
+const E1000E: &str = "0000:01:00.0";
+const EDU: &str = "0000:02:00.0";
+const NVME_PF: &str = "0000:03:00.0";
+const NVME_VF0: &str = "0000:03:00.1";
+const DISK: &str = "0000:04:00.0";
+
+/// e1000e and edu by id, the first NVMe VF by address, and the NVMe controller whose disk is
+/// mounted (which must be refused).
+const BIND_CONFIG: &str = r#"
+devices:
+  - resourceName: nodeprep.io/e1000e
+    selectors: {vendors: ["8086"], devices: ["10d3"]}
+  - resourceName: nodeprep.io/edu
+    selectors: {vendors: ["1234"], devices: ["11e8"]}
+  - resourceName: nodeprep.io/nvme_vf
+    selectors: {pciAddresses: ["0000:03:00.1"]}
+  - resourceName: nodeprep.io/nvme_disk
+    selectors: {pciAddresses: ["0000:04:00.0"]}
+"#;
+
+/// Enables the SR-IOV NVMe's VFs without letting the nvme driver take them.
+const ENABLE_VFS: &str = r#"
+pf=$(pci_by_serial nodeprep-sriov)
+section pf echo "$pf"
+section disk pci_by_serial nodeprep-disk
+echo 0 > /sys/bus/pci/devices/$pf/sriov_drivers_autoprobe
+echo 2 > /sys/bus/pci/devices/$pf/sriov_numvfs
+CFG=/etc/nodeprep/config.yaml
+"#;
+
+fn drivers(out: &VmOutput, section: &str) -> BTreeMap<String, Option<String>> {
+    kernel_pci(out, section).into_iter().map(|(a, k)| (a, k.driver)).collect()
+}
+
+fn outcomes(out: &VmOutput, section: &str) -> BTreeMap<String, Value> {
+    let v = out.json(section);
+    v["outcomes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{section}: no outcomes in {v}"))
+        .iter()
+        .map(|o| (o["address"].as_str().unwrap_or_default().to_owned(), o.clone()))
+        .collect()
+}
+
+fn assert_bound(d: &BTreeMap<String, Option<String>>, when: &str) {
+    for a in [E1000E, EDU, NVME_VF0] {
+        assert_eq!(d.get(a).cloned().flatten().as_deref(), Some("vfio-pci"), "{when}: {a} on vfio-pci");
+    }
+    assert_eq!(d.get(DISK).cloned().flatten().as_deref(), Some("nvme"), "{when}: the mounted disk keeps nvme");
+}
+
+fn assert_restored(d: &BTreeMap<String, Option<String>>, when: &str) {
+    assert_eq!(d.get(E1000E).cloned().flatten().as_deref(), Some("e1000e"), "{when}: e1000e back");
+    assert_eq!(d.get(EDU).cloned().flatten(), None, "{when}: edu had no driver");
+    assert_eq!(d.get(NVME_VF0).cloned().flatten(), None, "{when}: the VF had no driver (autoprobe off)");
+    assert_eq!(d.get(DISK).cloned().flatten().as_deref(), Some("nvme"), "{when}");
+}
+
+#[test]
+fn bind_and_unbind_on_a_real_kernel() {
+    let script = format!(
+        r#"{KERNEL_VIEW}{ENABLE_VFS}
+kernel_view -before
+section plan nodeprep bind --config $CFG --dry-run -o json
+section bind nodeprep bind --config $CFG -o json
+kernel_view -bound
+section vfio ls /dev/vfio
+section state cat /var/lib/nodeprep/bindings.json
+section rebind nodeprep bind --config $CFG -o json
+section unbind nodeprep unbind -o json
+kernel_view -restored
+section state-after cat /var/lib/nodeprep/bindings.json
+"#
+    );
+    let out = Vm::new(Machine::Iommu).file("/etc/nodeprep/config.yaml", BIND_CONFIG).run(&script);
+    assert_eq!(out.section("pf").trim(), NVME_PF);
+    assert_eq!(out.section("disk").trim(), DISK);
+    let groups = kernel_groups(&out, "kernel-groups-before");
+    let before = drivers(&out, "kernel-pci-before");
+    assert_eq!(before.get(E1000E).cloned().flatten().as_deref(), Some("e1000e"));
+    assert_eq!(before.get(NVME_VF0).cloned().flatten(), None);
+
+    // The plan: three devices to bind, the mounted disk refused with the mount named.
+    let plan = out.json("plan");
+    assert_eq!(plan["loadVfio"], true, "vfio-pci is not loaded before the first bind: {plan}");
+    let refused =
+        plan["devices"].as_array().expect("devices").iter().find(|d| d["address"] == DISK).expect("disk in plan");
+    assert_eq!(refused["action"], "refused");
+    assert!(refused["reason"].as_str().unwrap_or_default().contains(DISK_MOUNT), "{refused}");
+
+    // Bound: drivers, /dev/vfio/<group> per device (groups read from the kernel), writes.
+    assert_eq!(out.status("bind"), 1, "exit 1: one device was refused");
+    let bound = outcomes(&out, "bind");
+    assert_bound(&drivers(&out, "kernel-pci-bound"), "after bind");
+    let vfio: BTreeSet<&str> = out.section("vfio").split_whitespace().collect();
+    for (a, writes) in [(E1000E, 3), (EDU, 2), (NVME_VF0, 2)] {
+        let o = &bound[a];
+        assert_eq!(o["outcome"], "bound", "{o}");
+        let group = groups[a];
+        assert_eq!(o["vfioDevice"], format!("/dev/vfio/{group}"), "{o}");
+        assert!(vfio.contains(group.to_string().as_str()), "/dev/vfio/{group} exists: {vfio:?}");
+        assert_eq!(o["writes"], writes, "{a}: override, unbind (when it has a driver), probe");
+    }
+    assert_eq!(bound[DISK]["outcome"], "refused");
+    let state: Value = serde_json::from_str(out.section("state")).expect("state file is JSON");
+    assert_eq!(state["devices"][E1000E]["originalDriver"], "e1000e");
+    assert_eq!(state["devices"][EDU]["originalDriver"], Value::Null);
+
+    // Idempotent: nothing to write the second time.
+    let again = outcomes(&out, "rebind");
+    assert_eq!(out.json("rebind")["writes"], 0);
+    for a in [E1000E, EDU, NVME_VF0] {
+        assert_eq!(again[a]["outcome"], "already-bound");
+    }
+
+    // Reversible.
+    assert_eq!(out.status("unbind"), 0, "{:?}", out.try_section("unbind.stderr"));
+    assert_restored(&drivers(&out, "kernel-pci-restored"), "after unbind");
+    let state: Value = serde_json::from_str(out.section("state-after")).expect("state file is JSON");
+    assert_eq!(state["devices"], serde_json::json!({}), "records dropped once restored");
+}
+
+#[test]
+fn killed_mid_bind_converges_on_a_real_kernel() {
+    // A full bind is 7 writes (3 + 2 + 2). Abort after each of them, rerun, restore.
+    let mut script = format!("{KERNEL_VIEW}{ENABLE_VFS}\n");
+    for n in 1..=7 {
+        script.push_str(&format!(
+            "section crash-{n} env NODEPREP_FAILPOINT_KILL_AFTER_WRITES={n} nodeprep bind --config $CFG\n\
+             section crashed-{n} kernel_pci\n\
+             section rerun-{n} nodeprep bind --config $CFG -o json\n\
+             section rerun-pci-{n} kernel_pci\n\
+             section restore-{n} nodeprep unbind -o json\n\
+             section restored-{n} kernel_pci\n"
+        ));
+    }
+    // And a real SIGKILL while it runs.
+    script.push_str(
+        "nodeprep bind --config $CFG >/dev/null 2>&1 & p=$!; usleep 20000; kill -9 $p; wait $p\n\
+         section killed kernel_pci\n\
+         section rerun-killed nodeprep bind --config $CFG -o json\n\
+         section rerun-killed-pci kernel_pci\n",
+    );
+    let out = Vm::new(Machine::Iommu).file("/etc/nodeprep/config.yaml", BIND_CONFIG).run(&script);
+    assert_eq!(out.section("pf").trim(), NVME_PF);
+    let mut mid_way = 0;
+    for n in 1..=7 {
+        let when = format!("killed after write {n}");
+        assert_ne!(out.status(&format!("crash-{n}")), 0, "{when}: the failpoint aborts the process");
+        let crashed = drivers(&out, &format!("crashed-{n}"));
+        if [E1000E, EDU, NVME_VF0].iter().any(|a| crashed.get(*a).cloned().flatten().as_deref() != Some("vfio-pci")) {
+            mid_way += 1;
+        }
+        assert_eq!(out.status(&format!("rerun-{n}")), 1, "{when}: rerun exits 1 only for the refused disk");
+        assert_bound(&drivers(&out, &format!("rerun-pci-{n}")), &format!("{when}, rerun"));
+        assert_eq!(
+            out.status(&format!("restore-{n}")),
+            0,
+            "{when}: {:?}",
+            out.try_section(&format!("restore-{n}.stderr"))
+        );
+        assert_restored(&drivers(&out, &format!("restored-{n}")), &format!("{when}, restored"));
+    }
+    assert_eq!(mid_way, 6, "kills after writes 1-6 leave the bind unfinished; after 7 all are bound");
+    assert_bound(&drivers(&out, "rerun-killed-pci"), "SIGKILL then rerun");
+}
+
+#[test]
+fn bind_without_an_iommu_refuses_cleanly() {
+    let script = format!(
+        "{KERNEL_VIEW}\nkernel_view -before\n\
+         section bind nodeprep bind --config /etc/nodeprep/config.yaml -o json\n\
+         kernel_view -after\n\
+         section state ls /var/lib/nodeprep\n"
+    );
+    let out = Vm::new(Machine::NoIommu).file("/etc/nodeprep/config.yaml", BIND_CONFIG).run(&script);
+    assert_eq!(out.status("bind"), 1);
+    let o = outcomes(&out, "bind");
+    for a in [E1000E, EDU] {
+        assert_eq!(o[a]["outcome"], "refused", "{a}: {}", o[a]);
+        assert!(o[a]["detail"].as_str().unwrap_or_default().contains("no IOMMU group"), "{}", o[a]);
+    }
+    assert_eq!(out.json("bind")["writes"], 0);
+    assert_eq!(drivers(&out, "kernel-pci-before"), drivers(&out, "kernel-pci-after"), "nothing changed");
+    assert_ne!(out.status("state"), 0, "no state file was written");
+}

@@ -43,14 +43,21 @@ pub trait Kernel {
     fn load_module(&mut self, name: &str) -> Result<(), String>;
 }
 
+/// Failpoint for crash tests on a real kernel: with `NODEPREP_FAILPOINT_KILL_AFTER_WRITES=N`
+/// the process aborts (no cleanup, as under SIGKILL) right after its Nth sysfs write.
+pub const KILL_AFTER_WRITES_ENV: &str = "NODEPREP_FAILPOINT_KILL_AFTER_WRITES";
+
 /// The real kernel under a host root.
 pub struct HostKernel {
     root: HostRoot,
+    writes: usize,
+    kill_after: Option<usize>,
 }
 
 impl HostKernel {
     pub fn new(root: &HostRoot) -> Self {
-        HostKernel { root: root.clone() }
+        let kill_after = std::env::var(KILL_AFTER_WRITES_ENV).ok().and_then(|v| v.parse().ok());
+        HostKernel { root: root.clone(), writes: 0, kill_after }
     }
 }
 
@@ -59,7 +66,13 @@ impl Kernel for HostKernel {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
         // sysfs takes one write call per value.
-        f.write_all(value.as_bytes())
+        let res = f.write_all(value.as_bytes());
+        self.writes += 1;
+        if self.kill_after == Some(self.writes) {
+            eprintln!("nodeprep: failpoint {KILL_AFTER_WRITES_ENV}={} reached, aborting", self.writes);
+            std::process::abort();
+        }
+        res
     }
 
     /// `modprobe NAME`, inside the host's root (`chroot`) when that is not `/`, so the host's
