@@ -12,6 +12,7 @@
 
 pub mod bind;
 pub mod config;
+pub mod deviceplugin;
 pub mod eligibility;
 pub mod host;
 pub mod machineconfig;
