@@ -92,10 +92,26 @@ pub struct Entry {
     pub external_resource_provider: bool,
 }
 
+/// A counted resource: N identical units with no PCI device behind them, e.g. Kata peer pods'
+/// `kata.peerpods.io/vm` or `devices.kubevirt.io/kvm` backed by `/dev/kvm`. Off unless
+/// configured (KubeVirt's own handler advertises its resources).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountedResource {
+    pub resource_name: String,
+    pub count: u32,
+    /// A device node each allocation gets (`/dev/kvm`), read-write.
+    pub device_path: Option<String>,
+}
+
+/// The count a counted resource gets when the config names none: Kata peer pods' default
+/// `PEERPODS_LIMIT_PER_NODE`.
+pub const DEFAULT_COUNT: u32 = 10;
+
 /// A validated config.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
     pub entries: Vec<Entry>,
+    pub counted: Vec<CountedResource>,
 }
 
 /// A device an entry takes, with the resource it will be advertised under.
@@ -117,6 +133,18 @@ struct RawConfig {
     permitted_host_devices: Option<RawPermitted>,
     #[serde(default)]
     devices: Vec<RawDevice>,
+    #[serde(default)]
+    counted_resources: Vec<RawCounted>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawCounted {
+    resource_name: Option<String>,
+    count: Option<u32>,
+    device_path: Option<String>,
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_yaml::Value>,
 }
@@ -214,7 +242,12 @@ impl Config {
         let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ParseError::Syntax(e.to_string()))?;
         let mut problems = Vec::new();
         let mut entries = Vec::new();
-        unknown_keys("config", &raw.unknown, "pciHostDevices, permittedHostDevices, devices", &mut problems);
+        unknown_keys(
+            "config",
+            &raw.unknown,
+            "pciHostDevices, permittedHostDevices, devices, countedResources",
+            &mut problems,
+        );
 
         let mut host_devices: Vec<(String, RawHostDevice)> =
             raw.pci_host_devices.into_iter().enumerate().map(|(i, d)| (format!("pciHostDevices[{i}]"), d)).collect();
@@ -299,6 +332,36 @@ impl Config {
             });
         }
 
+        let mut counted: Vec<CountedResource> = Vec::new();
+        for (i, c) in raw.counted_resources.into_iter().enumerate() {
+            let at = format!("countedResources[{i}]");
+            unknown_keys(&at, &c.unknown, "resourceName, count, devicePath", &mut problems);
+            let Some(name) = c.resource_name else {
+                problems.push(format!("{at}: resourceName is required (e.g. kata.peerpods.io/vm)"));
+                continue;
+            };
+            if let Err(e) = validate_resource_name(&name) {
+                problems.push(format!("{at}: resourceName: {e}"));
+            }
+            let count = c.count.unwrap_or(DEFAULT_COUNT);
+            if !(1..=100_000).contains(&count) {
+                problems.push(format!("{at}: count {count} must be between 1 and 100000"));
+            }
+            if let Some(p) = &c.device_path {
+                if !p.starts_with("/dev/") || p.contains("..") {
+                    problems.push(format!("{at}: devicePath {p:?} must be a device node under /dev, like /dev/kvm"));
+                }
+            }
+            if counted.iter().any(|o| o.resource_name == name) {
+                problems.push(format!("{at}: {name} is already a counted resource"));
+            }
+            if entries.iter().any(|e| e.resource_name.as_deref() == Some(name.as_str())) {
+                problems
+                    .push(format!("{at}: {name} is also the resourceName of a PCI entry; one resource, one source"));
+            }
+            counted.push(CountedResource { resource_name: name, count, device_path: c.device_path });
+        }
+
         // The same explicit address in two entries is a conflict without looking at any host.
         let mut seen: BTreeMap<PciAddress, &EntryName> = BTreeMap::new();
         for e in &entries {
@@ -321,7 +384,7 @@ impl Config {
                 }
             }
         }
-        if problems.is_empty() { Ok(Config { entries }) } else { Err(ParseError::Invalid(problems)) }
+        if problems.is_empty() { Ok(Config { entries, counted }) } else { Err(ParseError::Invalid(problems)) }
     }
 
     /// Pure: the devices each entry takes on this host, with their resource names. A device
@@ -510,6 +573,37 @@ devices:
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
         assert_eq!(p.len(), 10, "{all}");
+    }
+
+    #[test]
+    fn counted_resources() {
+        let c = Config::parse(
+            "countedResources:\n  - resourceName: kata.peerpods.io/vm\n  - resourceName: devices.kubevirt.io/kvm\n    count: 110\n    devicePath: /dev/kvm\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.counted,
+            vec![
+                CountedResource { resource_name: "kata.peerpods.io/vm".into(), count: 10, device_path: None },
+                CountedResource {
+                    resource_name: "devices.kubevirt.io/kvm".into(),
+                    count: 110,
+                    device_path: Some("/dev/kvm".into())
+                },
+            ]
+        );
+        let bad = "pciHostDevices:\n  - pciDeviceSelector: 10de:1eb8\n    resourceName: nvidia.com/T4\ncountedResources:\n  - resourceName: kata.peerpods.io/vm\n    count: 0\n  - resourceName: kata.peerpods.io/vm\n    devicePath: kvm\n  - resourceName: nvidia.com/T4\n  - count: 3\n";
+        let Err(ParseError::Invalid(p)) = Config::parse(bad) else { panic!("must be refused") };
+        let all = p.join("\n");
+        for needle in [
+            "count 0 must be",
+            "already a counted resource",
+            "devicePath \"kvm\"",
+            "also the resourceName of a PCI entry",
+            "countedResources[3]: resourceName is required",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
     }
 
     #[test]
