@@ -10,6 +10,7 @@
 //! - [`machineconfig`] renders OpenShift MachineConfigs for boot-time settings (IOMMU, vfio-pci
 //!   ids, huge pages).
 
+pub mod agent;
 pub mod bind;
 pub mod config;
 pub mod deviceplugin;

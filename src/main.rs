@@ -99,6 +99,33 @@ Examples:\n  nodeprep unbind\n  nodeprep unbind 0000:3b:00.0 0000:3b:00.1\n  nod
     /// Work with the config file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the node agent: bind per config, serve the device plugins, react to events.
+    #[command(after_help = "Binds what the config selects, serves one kubelet device plugin per resource \
+(sockets in the kubelet's plugin directory, registered with kubelet.sock; Kubernetes 1.26 or newer), \
+and keeps them right: kernel uevents and /dev/vfio changes are seen in milliseconds, a kubelet \
+restart is answered by registering again, the config file is reloaded when it changes (an invalid \
+one is refused and the last good one keeps running), and a periodic rescan is the safety net. \
+SIGTERM withdraws the devices and removes the sockets.\n\nExamples:\n  \
+nodeprep --host-root /host run --config /etc/nodeprep/config.yaml\n  \
+nodeprep run --config config.yaml --no-bind --log-level info")]
+    Run {
+        /// The config file (YAML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The kubelet's device-plugin directory (default: var/lib/kubelet/device-plugins under
+        /// the host root).
+        #[arg(long, value_name = "DIR")]
+        plugin_dir: Option<PathBuf>,
+        /// Advertise only: do not bind devices to vfio-pci.
+        #[arg(long)]
+        no_bind: bool,
+        /// Seconds between safety-net rescans.
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+        resync: u64,
+    },
+    /// Device-plugin tools.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
     /// Render OpenShift MachineConfigs for boot-time IOMMU, vfio-pci and hugepage settings.
     #[command(after_help = "Applying these reboots every node of the pool (10-60 minutes a node); \
 `nodeprep bind` does the vfio-pci part at run time instead.\n\n\
@@ -121,6 +148,30 @@ nodeprep machineconfig --iommu intel --config config.yaml   # vfio ids from the 
         /// Hugepages reserved at boot: SIZE:COUNT, comma-separated (1Gi:16,2Mi:1024).
         #[arg(long, value_name = "LIST", value_parser = parse_pages)]
         hugepages: Option<Vec<HugepageRequest>>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginsCommand {
+    /// Talk to a device-plugin socket like the kubelet does and print what it advertises.
+    #[command(after_help = "Dials with :authority localhost (as kubelets since 1.26 do), calls \
+GetDevicePluginOptions and ListAndWatch, and with --allocate asks what a container given those \
+devices would get (DeviceSpecs and environment). Prints JSON.\n\nExamples:\n  \
+nodeprep plugins probe /var/lib/kubelet/device-plugins/nvidia.com-TU104GL_TESLA_T4.sock\n  \
+nodeprep plugins probe --allocate 0000:3b:00.0 SOCKET\n  \
+nodeprep plugins probe --updates 2 --timeout 30 SOCKET   # wait for the next change")]
+    Probe {
+        /// The plugin's socket.
+        socket: PathBuf,
+        /// How many ListAndWatch messages to wait for (the first is the full list).
+        #[arg(long, default_value_t = 1)]
+        updates: usize,
+        /// Seconds to wait for them.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
+        /// Device ids (PCI addresses) to Allocate for one container, comma-separated.
+        #[arg(long, value_delimiter = ',', value_name = "IDS")]
+        allocate: Vec<String>,
     },
 }
 
@@ -166,7 +217,13 @@ enum Format {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(cli.log_level).with_target(false).init();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_max_level(cli.log_level)
+        .with_target(false)
+        .init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -214,6 +271,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bind { args } => run_bind(&root, args),
         Command::Unbind { addresses, dry_run, output } => run_unbind(&root, &addresses, dry_run, output),
         Command::Config(ConfigCommand::Check { file }) => run_config_check(&root, &file),
+        Command::Run { config, plugin_dir, no_bind, resync } => {
+            let opts = nodeprep::agent::AgentOptions {
+                root: root.clone(),
+                config_path: config,
+                plugin_dir,
+                bind: !no_bind,
+                rescan_interval: std::time::Duration::from_secs(resync.max(1)),
+            };
+            runtime()?.block_on(async {
+                nodeprep::agent::run(opts, terminated()).await?;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugins(PluginsCommand::Probe { socket, updates, timeout, allocate }) => {
+            let report = runtime()?.block_on(nodeprep::deviceplugin::probe::probe(
+                &socket,
+                updates,
+                std::time::Duration::from_secs_f64(timeout.max(0.0)),
+                &allocate,
+            ))?;
+            emit(&(serde_json::to_string_pretty(&report)? + "\n"))?;
+            Ok(if report.allocate_error.is_some() { ExitCode::from(EXIT_UNFIT) } else { ExitCode::SUCCESS })
+        }
         Command::Machineconfig { role, iommu, vfio_ids, config, hugepages } => {
             let mut ids = vfio_ids.unwrap_or_default();
             if let Some(path) = config {
@@ -380,6 +461,28 @@ fn run_unbind(root: &HostRoot, only: &[PciAddress], dry_run: bool, output: Forma
         Format::Yaml => emit(&serde_yaml::to_string(&serde_json::json!({ "outcomes": outcomes }))?)?,
     }
     Ok(if outcomes.iter().any(DeviceOutcome::is_failure) { ExitCode::from(EXIT_UNFIT) } else { ExitCode::SUCCESS })
+}
+
+/// The agent's runtime: one thread is plenty for a node agent and keeps its memory small.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+/// Resolves on SIGTERM (the kubelet stopping the pod) or SIGINT.
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::error!("cannot listen for SIGTERM; stopping only on ctrl-c");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// Writes to standard output; a closed pipe (`| head`) is not an error.

@@ -415,3 +415,69 @@ fn bind_without_an_iommu_refuses_cleanly() {
     assert_eq!(drivers(&out, "kernel-pci-before"), drivers(&out, "kernel-pci-after"), "nothing changed");
     assert_ne!(out.status("state"), 0, "no state file was written");
 }
+
+// ---- device plugins on a real kernel -----------------------------------------------------------
+
+#[test]
+fn plugins_advertise_allocate_and_notice_an_unbind_on_a_real_kernel() {
+    let dir = "/var/lib/kubelet/device-plugins";
+    let sock = format!("{dir}/nodeprep.io-edu.sock");
+    let script = format!(
+        r#"{KERNEL_VIEW}{ENABLE_VFS}
+nodeprep --log-level info run --config $CFG > /tmp/run.log 2>&1 &
+RUN=$!
+i=0; while [ ! -S {sock} ] && [ $i -lt 200 ]; do usleep 50000; i=$((i+1)); done
+kernel_view -serving
+section probe nodeprep plugins probe --allocate {EDU} {sock}
+section probe-disk nodeprep plugins probe {dir}/nodeprep.io-nvme_disk.sock
+nodeprep --log-level info plugins probe --updates 2 --timeout 60 {sock} > /tmp/watch.json 2>/tmp/watch.err &
+W=$!
+i=0; while ! grep -q "ListAndWatch message received" /tmp/watch.err && [ $i -lt 600 ]; do usleep 50000; i=$((i+1)); done
+echo {EDU} > /sys/bus/pci/drivers/vfio-pci/unbind
+wait $W
+section watch cat /tmp/watch.json
+section allocate-after nodeprep plugins probe --allocate {EDU} {sock}
+kill -TERM $RUN; wait $RUN
+section run-exit echo $?
+section sockets-after ls {dir}
+section runlog cat /tmp/run.log
+"#
+    );
+    let out = Vm::new(Machine::Iommu).file("/etc/nodeprep/config.yaml", BIND_CONFIG).run(&script);
+    let groups = kernel_groups(&out, "kernel-groups-serving");
+    assert_bound(&drivers(&out, "kernel-pci-serving"), "nodeprep run binds per config");
+
+    // Advertised and allocated.
+    assert_eq!(out.status("probe"), 0, "{:?} {:?}", out.try_section("probe.stderr"), out.try_section("runlog"));
+    let probe = out.json("probe");
+    assert_eq!(
+        probe["lists"][0]["devices"],
+        serde_json::json!([{"id": EDU, "health": "Healthy", "numaNodes": []}]),
+        "{probe}"
+    );
+    let alloc = &probe["allocation"];
+    let group = groups[EDU];
+    assert_eq!(
+        alloc["devices"],
+        serde_json::json!(["/dev/vfio/vfio /dev/vfio/vfio mrw", format!("/dev/vfio/{group} /dev/vfio/{group} mrw")]),
+        "{alloc}"
+    );
+    assert_eq!(alloc["envs"]["PCI_RESOURCE_NODEPREP_IO_EDU"], EDU, "{alloc}");
+    assert_eq!(alloc["envs"]["PCIDEVICE_NODEPREP_IO_EDU"], EDU, "{alloc}");
+    // The refused disk is advertised, unhealthy: it is not on vfio-pci.
+    let disk = out.json("probe-disk");
+    assert_eq!(disk["lists"][0]["devices"][0]["health"], "Unhealthy", "{disk}");
+
+    // Unbound behind nodeprep's back: the stream says Unhealthy, and Allocate refuses.
+    let watch = out.json("watch");
+    let lists = watch["lists"].as_array().expect("lists");
+    assert_eq!(lists.len(), 2, "a second ListAndWatch message arrived: {watch}");
+    assert_eq!(lists[1]["devices"][0]["health"], "Unhealthy", "{watch}");
+    assert_eq!(out.status("allocate-after"), 1);
+    let err = out.json("allocate-after")["allocateError"].as_str().unwrap_or_default().to_owned();
+    assert!(err.contains(EDU) && err.contains("vfio-pci"), "{err}");
+
+    // SIGTERM: clean exit, sockets removed.
+    assert_eq!(out.section("run-exit").trim(), "0", "{}", out.section("runlog"));
+    assert!(!out.section("sockets-after").contains(".sock"), "sockets removed: {}", out.section("sockets-after"));
+}

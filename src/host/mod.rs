@@ -3,10 +3,12 @@
 //! Everything here turns kernel files into the plain data in [`crate::model`]; no decisions are
 //! made here.
 
+pub mod inotify;
 pub mod kubelet;
 pub mod pci;
 pub mod root;
 pub mod system;
+pub mod uevent;
 pub mod usage;
 
 pub use root::{HostError, HostRoot};

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod kernel_sim;
+pub mod kubelet;
 pub mod lspci;
 pub mod machines;
 pub mod tree;

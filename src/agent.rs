@@ -1,0 +1,164 @@
+//! The long-running node agent (`nodeprep run`): discover the host, bind what the config
+//! selects, serve the device plugins, and keep all of it right by reacting to events: kernel
+//! uevents and `/dev/vfio` changes (through the device monitor), config changes (a ConfigMap
+//! volume swaps its `..data` symlink: the config's directory is watched), kubelet restarts
+//! (through the plugin manager), with a slow periodic rescan as the safety net.
+//!
+//! A config that fails validation is logged and the last good one keeps running. Node labels
+//! and the Kubernetes API come with the agent's cluster side.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::bind::{self, Applier, HostKernel, State};
+use crate::config::Config;
+use crate::deviceplugin::manager::{CountedResource, Manager, ManagerOptions, ResourceSpec};
+use crate::deviceplugin::monitor::{Monitor, MonitorOptions, RescanHandle};
+use crate::host::{self, HostRoot, inotify::DirWatcher};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("start the device plugins: {0}")]
+    Plugins(#[from] crate::deviceplugin::DevicePluginError),
+    #[error("watch the config directory {path}: {message}")]
+    ConfigWatch { path: PathBuf, message: String },
+    #[error("device monitor: {0}")]
+    Monitor(String),
+}
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub root: HostRoot,
+    pub config_path: PathBuf,
+    /// The kubelet's plugin directory; default under the host root.
+    pub plugin_dir: Option<PathBuf>,
+    /// Bind devices to vfio-pci per config (on by default; off: advertise only).
+    pub bind: bool,
+    /// The periodic rescan (safety net).
+    pub rescan_interval: Duration,
+}
+
+/// Binds what the config selects; logs every outcome. Errors are logged, never fatal: the
+/// plugins then report the affected devices unhealthy.
+fn bind_per_config(root: &HostRoot, config: &Config) {
+    let result = (|| -> Result<(), String> {
+        let inv = host::pci::discover(root).map_err(|e| e.to_string())?;
+        let claims = config.claims(&inv).map_err(|p| p.join("; "))?;
+        let allocations = host::kubelet::read_allocations(root).map_err(|e| e.to_string())?;
+        let vfio_loaded = root.join("sys/bus/pci/drivers/vfio-pci").exists();
+        let plan = bind::plan_bind(&inv, config, &claims, &allocations, vfio_loaded);
+        if plan.writes_needed() == 0 && plan.refused().next().is_none() {
+            return Ok(());
+        }
+        let mut state = State::load(root).map_err(|e| e.to_string())?;
+        let mut kernel = HostKernel::new(root);
+        let outcomes = Applier::new(root, &mut kernel).apply_bind(&plan, &mut state).map_err(|e| e.to_string())?;
+        for o in outcomes {
+            match o.detail {
+                Some(d) => tracing::warn!(device = %o.address, outcome = %o.outcome, detail = %d, "bind"),
+                None => tracing::info!(device = %o.address, outcome = %o.outcome, "bind"),
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::error!(error = %e, "binding per config failed; devices stay as they are");
+    }
+}
+
+fn counted_specs(config: &Config) -> Vec<ResourceSpec> {
+    config
+        .counted
+        .iter()
+        .map(|c| {
+            ResourceSpec::Counted(CountedResource {
+                resource_name: c.resource_name.clone(),
+                count: c.count,
+                device_path: c.device_path.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Watches the config's directory and publishes every new valid config; an invalid one is
+/// logged and ignored (the last good one keeps running).
+async fn watch_config(
+    root: HostRoot,
+    path: PathBuf,
+    bind: bool,
+    tx: watch::Sender<Arc<Config>>,
+    rescan: RescanHandle,
+) -> Result<(), AgentError> {
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let mut watcher =
+        DirWatcher::new(&dir).map_err(|e| AgentError::ConfigWatch { path: dir.clone(), message: e.to_string() })?;
+    loop {
+        if let Err(e) = watcher.next_change().await {
+            return Err(AgentError::ConfigWatch { path: dir, message: e.to_string() });
+        }
+        // Let a burst of changes (the ..data swap is several renames) settle.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        match Config::load(&path) {
+            Ok(c) if **tx.borrow() == c => {}
+            Ok(c) => {
+                tracing::info!(config = %path.display(), entries = c.entries.len(), "config reloaded");
+                if bind {
+                    let (r, c2) = (root.clone(), c.clone());
+                    let _ = tokio::task::spawn_blocking(move || bind_per_config(&r, &c2)).await;
+                }
+                tx.send_replace(Arc::new(c));
+                rescan.rescan();
+            }
+            Err(e) => tracing::error!(error = %e, "new config refused; the last good config keeps running"),
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` resolves: then device-plugin streams get an empty list and
+/// the sockets are removed.
+pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let config = Config::load(&opts.config_path)?;
+    if opts.bind {
+        let (r, c) = (opts.root.clone(), config.clone());
+        let _ = tokio::task::spawn_blocking(move || bind_per_config(&r, &c)).await;
+    }
+    let counted = counted_specs(&config);
+    let (config_tx, config_rx) = watch::channel(Arc::new(config));
+    let monitor_opts = MonitorOptions { rescan_interval: Some(opts.rescan_interval), ..MonitorOptions::default() };
+    let (monitor, devices) = Monitor::new(opts.root.clone(), config_rx, monitor_opts);
+    let rescan = monitor.rescan_handle();
+
+    let mut mopts = ManagerOptions::new(opts.root.clone());
+    if let Some(dir) = &opts.plugin_dir {
+        mopts.plugin_dir = dir.clone();
+    }
+    mopts.resources =
+        devices.borrow().keys().map(|name| ResourceSpec::Pci(name.clone())).chain(counted).collect::<Vec<_>>();
+    let handle = Manager::new(mopts, devices)?.start().await?;
+    tracing::info!(plugins = handle.status().len(), dir = %handle.plugin_dir().display(), "device plugins serving");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let monitor_task = tokio::spawn(monitor.run(stopped(stop_rx.clone())));
+    let config_task =
+        tokio::spawn(watch_config(opts.root.clone(), opts.config_path.clone(), opts.bind, config_tx, rescan));
+
+    shutdown.await;
+    tracing::info!("shutting down: withdrawing devices and removing plugin sockets");
+    let _ = stop_tx.send(true);
+    handle.shutdown().await;
+    config_task.abort();
+    match monitor_task.await {
+        Ok(Err(e)) => Err(AgentError::Monitor(e.to_string())),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,315 @@
+//! Allocate: what a container gets for the devices the kubelet gives it.
+//!
+//! Each device is read again from sysfs at Allocate time ([`read_vfio_device`], the only part
+//! that does I/O): it must still be present, on vfio-pci, with every endpoint of its IOMMU group
+//! on vfio-pci. The IOMMU group number is taken from the `iommu_group` link *now* and never
+//! cached, because group numbers can change across reboots (SR-IOV device plugin #451). A device
+//! that is no longer usable fails the whole RPC with `FAILED_PRECONDITION`, naming the device and
+//! the reason, so the pod fails with a message a person can act on instead of a VM that cannot
+//! open its device.
+//!
+//! What the container gets ([`container_response`], pure):
+//! - DeviceSpecs, permissions `mrw`, container path = host path: `/dev/vfio/vfio`; per IOMMU
+//!   group `/dev/vfio/<group>`, or `/dev/vfio/noiommu-<group>` for a no-IOMMU group (its
+//!   `name` reads `vfio-noiommu`; the kernel then has no `/dev/vfio/<group>`); when the host has
+//!   iommufd (`/dev/iommu`) and the device a VFIO character device (`<device>/vfio-dev/vfioN`,
+//!   kernels with `CONFIG_VFIO_DEVICE_CDEV`), also `/dev/iommu` and `/dev/vfio/devices/vfioN`.
+//!   Host paths are the paths the kubelet and the runtime see (`/dev/vfio/7`), never prefixed
+//!   with the host root; their existence is checked under the host root.
+//! - Environment: `PCI_RESOURCE_<NAME>` (KubeVirt's virt-launcher, [`kubevirt_env_name`]),
+//!   `PCIDEVICE_<NAME>` and `PCIDEVICE_<NAME>_INFO` (the SR-IOV network device plugin's,
+//!   [`sriov_env_name`]): the comma-joined addresses of this container's devices, and per address
+//!   the JSON the SR-IOV plugin's `generic` and `vfio` info providers give:
+//!   `{"<addr>":{"generic":{"deviceID":"<addr>"},"vfio":{"mount":"/dev/vfio/vfio","dev-mount":"/dev/vfio/<g>"}}}`.
+//!
+//! Counted resources (no PCI device behind them) get the configured device node, if any, with
+//! permissions `rw` ([`counted_response`]).
+
+use std::collections::{BTreeMap, HashMap};
+
+use tonic::Status;
+
+use super::api::{AllocateRequest, AllocateResponse, ContainerAllocateResponse, DeviceSpec};
+use super::devices::VFIO_PCI;
+use crate::host::HostRoot;
+use crate::host::root::{link_name, list_dir, read_attr};
+use crate::model::PciAddress;
+use crate::model::pci::is_bridge_class;
+
+/// The VFIO container node every vfio user opens.
+pub const VFIO_CONTAINER: &str = "/dev/vfio/vfio";
+/// The iommufd node.
+pub const IOMMUFD: &str = "/dev/iommu";
+/// Cgroup device permissions for vfio nodes (KubeVirt's choice).
+pub const VFIO_PERMISSIONS: &str = "mrw";
+/// Cgroup device permissions for a counted resource's device node.
+pub const COUNTED_PERMISSIONS: &str = "rw";
+
+const DEVICES_DIR: &str = "sys/bus/pci/devices";
+const GROUPS_DIR: &str = "sys/kernel/iommu_groups";
+
+/// One device as Allocate found it just now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VfioDevice {
+    pub address: PciAddress,
+    /// Its IOMMU group, read from the `iommu_group` link at Allocate time.
+    pub group: u32,
+    /// The group is a no-IOMMU group (`vfio-noiommu`).
+    pub no_iommu: bool,
+    /// Its VFIO character device (`vfio0`), when the kernel made one and `/dev/vfio/devices/`
+    /// has it.
+    pub cdev: Option<String>,
+}
+
+impl VfioDevice {
+    /// The group's node as the kubelet sees it: `/dev/vfio/7` or `/dev/vfio/noiommu-7`.
+    pub fn group_node(&self) -> String {
+        if self.no_iommu { format!("/dev/vfio/noiommu-{}", self.group) } else { format!("/dev/vfio/{}", self.group) }
+    }
+}
+
+/// What the host offers every device: read once per Allocate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VfioHost {
+    /// `/dev/vfio/vfio` exists.
+    pub container: bool,
+    /// `/dev/iommu` exists (iommufd).
+    pub iommufd: bool,
+}
+
+/// Reads the host's vfio nodes under the host root.
+pub fn read_vfio_host(root: &HostRoot) -> VfioHost {
+    VfioHost { container: root.exists(VFIO_CONTAINER), iommufd: root.exists(IOMMUFD) }
+}
+
+/// Reads one device now and says whether a VM can use it: present, on vfio-pci, every endpoint of
+/// its IOMMU group on vfio-pci, the group's node in `/dev/vfio`. The error says why not, in words.
+pub fn read_vfio_device(root: &HostRoot, host: &VfioHost, address: PciAddress) -> Result<VfioDevice, String> {
+    let dir = root.join(DEVICES_DIR).join(address.to_string());
+    let driver = match link_name(&dir.join("driver")) {
+        Ok(d) => Some(d),
+        Err(e) if e.is_not_found() => {
+            if !dir.exists() {
+                return Err("the device is no longer present".into());
+            }
+            None
+        }
+        Err(e) => return Err(format!("cannot read its driver: {e}")),
+    };
+    match driver.as_deref() {
+        Some(VFIO_PCI) => {}
+        Some(other) => return Err(format!("it is bound to {other}, not vfio-pci")),
+        None => return Err("it is bound to no driver, not vfio-pci".into()),
+    }
+    let group = match link_name(&dir.join("iommu_group")) {
+        Ok(g) => g.parse::<u32>().map_err(|_| format!("its iommu_group link names {g:?}, not a group number"))?,
+        Err(e) if e.is_not_found() => return Err("it has no IOMMU group (is the IOMMU on?)".into()),
+        Err(e) => return Err(format!("cannot read its IOMMU group: {e}")),
+    };
+    let group_dir = format!("{GROUPS_DIR}/{group}");
+    let members = root.list_dir(format!("{group_dir}/devices")).map_err(|e| format!("IOMMU group {group}: {e}"))?;
+    let mut off = Vec::new();
+    for m in members.iter().filter(|m| **m != address.to_string()) {
+        let mdir = root.join(DEVICES_DIR).join(m);
+        let class =
+            read_attr(&mdir.join("class")).ok().and_then(|c| u32::from_str_radix(c.trim_start_matches("0x"), 16).ok());
+        if class.is_some_and(is_bridge_class) {
+            continue;
+        }
+        match link_name(&mdir.join("driver")) {
+            Ok(d) if d == VFIO_PCI => {}
+            Ok(d) => off.push(format!("{m} ({d})")),
+            Err(_) => off.push(format!("{m} (no driver)")),
+        }
+    }
+    if !off.is_empty() {
+        return Err(format!("IOMMU group {group} is not viable: {} not on vfio-pci", off.join(", ")));
+    }
+    let no_iommu =
+        root.read_optional(format!("{group_dir}/name")).ok().flatten().is_some_and(|n| n.trim() == "vfio-noiommu");
+    let mut dev = VfioDevice { address, group, no_iommu, cdev: None };
+    if !host.container {
+        return Err(format!("{VFIO_CONTAINER} does not exist on the host (is the vfio module loaded?)"));
+    }
+    let node = dev.group_node();
+    if !root.exists(&node) {
+        return Err(format!("its IOMMU group's node {node} does not exist on the host"));
+    }
+    if host.iommufd {
+        dev.cdev = list_dir(&dir.join("vfio-dev"))
+            .unwrap_or_default()
+            .into_iter()
+            .find(|n| n.starts_with("vfio") && root.exists(format!("dev/vfio/devices/{n}")));
+    }
+    Ok(dev)
+}
+
+/// Pure: `PCI_RESOURCE_<NAME>`, the variable KubeVirt's virt-launcher reads: the resource name
+/// upper-cased, `/` and `.` turned into `_`, `-` kept.
+/// `nvidia.com/TU104GL_Tesla_T4` gives `PCI_RESOURCE_NVIDIA_COM_TU104GL_TESLA_T4`.
+pub fn kubevirt_env_name(resource_name: &str) -> String {
+    format!("PCI_RESOURCE_{}", resource_name.to_ascii_uppercase().replace(['/', '.'], "_"))
+}
+
+/// Pure: `PCIDEVICE_<NAME>`, the SR-IOV network device plugin's variable: like
+/// [`kubevirt_env_name`] but `-` turned into `_` too. Its `_INFO` companion appends `_INFO`.
+pub fn sriov_env_name(resource_name: &str) -> String {
+    format!("PCIDEVICE_{}", resource_name.to_ascii_uppercase().replace(['/', '.', '-'], "_"))
+}
+
+fn spec(path: &str, permissions: &str) -> DeviceSpec {
+    DeviceSpec { container_path: path.to_owned(), host_path: path.to_owned(), permissions: permissions.to_owned() }
+}
+
+/// Pure: what one container gets for its vfio devices (see the module docs). Nodes shared by
+/// several devices (one group) are listed once.
+pub fn container_response(resource_name: &str, devices: &[VfioDevice], host: &VfioHost) -> ContainerAllocateResponse {
+    let mut paths: Vec<String> = vec![VFIO_CONTAINER.to_owned()];
+    for d in devices {
+        paths.push(d.group_node());
+    }
+    if host.iommufd && devices.iter().any(|d| d.cdev.is_some()) {
+        paths.push(IOMMUFD.to_owned());
+        paths.extend(devices.iter().filter_map(|d| d.cdev.as_ref()).map(|c| format!("/dev/vfio/devices/{c}")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    paths.retain(|p| seen.insert(p.clone()));
+
+    let addresses: Vec<String> = devices.iter().map(|d| d.address.to_string()).collect();
+    let joined = addresses.join(",");
+    let info: BTreeMap<String, serde_json::Value> = devices
+        .iter()
+        .map(|d| {
+            let a = d.address.to_string();
+            let v = serde_json::json!({
+                "generic": { "deviceID": a },
+                "vfio": { "mount": VFIO_CONTAINER, "dev-mount": d.group_node() },
+            });
+            (a, v)
+        })
+        .collect();
+    let sriov = sriov_env_name(resource_name);
+    let mut envs = HashMap::new();
+    envs.insert(kubevirt_env_name(resource_name), joined.clone());
+    envs.insert(format!("{sriov}_INFO"), serde_json::Value::from(serde_json::Map::from_iter(info)).to_string());
+    envs.insert(sriov, joined);
+    ContainerAllocateResponse {
+        envs,
+        devices: paths.iter().map(|p| spec(p, VFIO_PERMISSIONS)).collect(),
+        ..Default::default()
+    }
+}
+
+/// Pure: what a container gets for devices of a counted resource: the device node, if any.
+pub fn counted_response(device_path: Option<&str>) -> ContainerAllocateResponse {
+    ContainerAllocateResponse {
+        devices: device_path.map(|p| spec(p, COUNTED_PERMISSIONS)).into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+/// Allocate for a PCI resource: every id must be one of `known` (the resource's devices now) and
+/// usable when read again; otherwise `FAILED_PRECONDITION` naming the device and why.
+pub fn allocate_pci(
+    root: &HostRoot,
+    resource_name: &str,
+    known: impl Fn(&str) -> bool,
+    req: &AllocateRequest,
+) -> Result<AllocateResponse, Status> {
+    let host = read_vfio_host(root);
+    let mut out = AllocateResponse::default();
+    for c in &req.container_requests {
+        let mut devices = Vec::with_capacity(c.devices_ids.len());
+        for id in &c.devices_ids {
+            let refuse =
+                |why: &str| Status::failed_precondition(format!("{resource_name}: cannot allocate device {id}: {why}"));
+            if !known(id) {
+                return Err(refuse("nodeprep does not offer it under this resource"));
+            }
+            let address: PciAddress = id.parse().map_err(|e| refuse(&format!("{e}")))?;
+            devices.push(read_vfio_device(root, &host, address).map_err(|why| refuse(&why))?);
+        }
+        out.container_responses.push(container_response(resource_name, &devices, &host));
+    }
+    Ok(out)
+}
+
+/// Allocate for a counted resource: every id must be one of `known`, and the device node, when
+/// there is one, must exist on the host.
+pub fn allocate_counted(
+    root: &HostRoot,
+    resource_name: &str,
+    device_path: Option<&str>,
+    known: impl Fn(&str) -> bool,
+    req: &AllocateRequest,
+) -> Result<AllocateResponse, Status> {
+    let mut out = AllocateResponse::default();
+    for c in &req.container_requests {
+        if let Some(id) = c.devices_ids.iter().find(|id| !known(id)) {
+            return Err(Status::failed_precondition(format!(
+                "{resource_name}: cannot allocate device {id}: nodeprep does not offer it under this resource"
+            )));
+        }
+        if let Some(p) = device_path.filter(|p| !root.exists(p)) {
+            return Err(Status::failed_precondition(format!(
+                "{resource_name}: cannot allocate: {p} does not exist on the host"
+            )));
+        }
+        out.container_responses.push(counted_response(device_path));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(addr: &str, group: u32) -> VfioDevice {
+        VfioDevice { address: addr.parse().expect("address"), group, no_iommu: false, cdev: None }
+    }
+
+    #[test]
+    fn env_names_follow_kubevirt_and_sriov() {
+        assert_eq!(kubevirt_env_name("nvidia.com/TU104GL_Tesla_T4"), "PCI_RESOURCE_NVIDIA_COM_TU104GL_TESLA_T4");
+        assert_eq!(kubevirt_env_name("intel.com/qat-vf"), "PCI_RESOURCE_INTEL_COM_QAT-VF");
+        assert_eq!(sriov_env_name("intel.com/qat-vf"), "PCIDEVICE_INTEL_COM_QAT_VF");
+        assert_eq!(sriov_env_name("example.co.uk/a.b"), "PCIDEVICE_EXAMPLE_CO_UK_A_B");
+    }
+
+    #[test]
+    fn one_group_node_per_group_and_every_address_in_the_envs() {
+        let host = VfioHost { container: true, iommufd: false };
+        let r = container_response("x.io/gpu", &[dev("0000:af:00.0", 20), dev("0000:af:00.1", 20)], &host);
+        let paths: Vec<&str> = r.devices.iter().map(|d| d.host_path.as_str()).collect();
+        assert_eq!(paths, ["/dev/vfio/vfio", "/dev/vfio/20"]);
+        assert!(r.devices.iter().all(|d| d.container_path == d.host_path && d.permissions == "mrw"));
+        assert_eq!(r.envs["PCI_RESOURCE_X_IO_GPU"], "0000:af:00.0,0000:af:00.1");
+        assert_eq!(r.envs["PCIDEVICE_X_IO_GPU"], "0000:af:00.0,0000:af:00.1");
+        let info: serde_json::Value = serde_json::from_str(&r.envs["PCIDEVICE_X_IO_GPU_INFO"]).expect("json");
+        assert_eq!(info["0000:af:00.1"]["vfio"]["dev-mount"], "/dev/vfio/20");
+        assert_eq!(info["0000:af:00.1"]["generic"]["deviceID"], "0000:af:00.1");
+        assert_eq!(r.envs.len(), 3);
+    }
+
+    #[test]
+    fn noiommu_and_iommufd_nodes() {
+        let mut d = dev("0000:3b:00.0", 6);
+        d.no_iommu = true;
+        assert_eq!(d.group_node(), "/dev/vfio/noiommu-6");
+        d.no_iommu = false;
+        d.cdev = Some("vfio3".into());
+        let r = container_response("x.io/gpu", &[d.clone()], &VfioHost { container: true, iommufd: true });
+        let paths: Vec<&str> = r.devices.iter().map(|d| d.host_path.as_str()).collect();
+        assert_eq!(paths, ["/dev/vfio/vfio", "/dev/vfio/6", "/dev/iommu", "/dev/vfio/devices/vfio3"]);
+        // Without iommufd the cdev is not handed out.
+        let r = container_response("x.io/gpu", &[d], &VfioHost { container: true, iommufd: false });
+        assert_eq!(r.devices.len(), 2);
+    }
+
+    #[test]
+    fn counted_resources_get_their_node_rw() {
+        let r = counted_response(Some("/dev/kvm"));
+        assert_eq!(r.devices, vec![spec("/dev/kvm", "rw")]);
+        assert!(counted_response(None).devices.is_empty());
+    }
+}
