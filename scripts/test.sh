@@ -28,3 +28,4 @@ cargo nextest run --locked --no-fail-fast
 echo "== benchmarks"
 cargo bench --locked --bench scan
 cargo bench --locked --bench bind
+cargo bench --locked --bench deviceplugin
