@@ -10,19 +10,7 @@
 #[path = "../tests/realkernel/mod.rs"]
 mod realkernel;
 
-use realkernel::{Machine, Vm};
-
-const CONFIG: &str = r#"
-devices:
-  - resourceName: nodeprep.io/e1000e
-    selectors: {vendors: ["8086"], devices: ["10d3"]}
-  - resourceName: nodeprep.io/edu
-    selectors: {vendors: ["1234"], devices: ["11e8"]}
-  - resourceName: nodeprep.io/nvme_vf
-    selectors: {pciAddresses: ["0000:03:00.1"]}
-  - resourceName: nodeprep.io/nvme_disk
-    selectors: {pciAddresses: ["0000:04:00.0"]}
-"#;
+use realkernel::{BIND_CONFIG, Machine, Vm};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -42,7 +30,7 @@ fn main() {
              section unbind-{i} nodeprep unbind -o json\n"
         ));
     }
-    let out = Vm::new(Machine::Iommu).file("/etc/nodeprep/config.yaml", CONFIG).run(&script);
+    let out = Vm::new(Machine::Iommu).file("/etc/nodeprep/config.yaml", BIND_CONFIG).run(&script);
     let mut times = Vec::new();
     let mut first = 0.0;
     let mut writes: std::collections::BTreeMap<String, Vec<u64>> = Default::default();

@@ -4,10 +4,11 @@
 
 mod support;
 
+use support::cli::{nodeprep, stderr, stdout};
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use nodeprep::bind::plan::{DevicePlan, RestoreAction, Role};
 use nodeprep::bind::state::Record;
@@ -198,18 +199,6 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
     walk(root, root, &mut out);
     out
-}
-
-fn nodeprep(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nodeprep")).arg("--host-root").arg(root).args(args).output().expect("run nodeprep")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// A config file outside the host tree (so tree snapshots see only what nodeprep does).

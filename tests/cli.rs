@@ -2,23 +2,13 @@
 
 mod support;
 
+use support::cli::{nodeprep, stderr, stdout};
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 use support::machines;
-
-fn nodeprep(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nodeprep")).arg("--host-root").arg(root).args(args).output().expect("run nodeprep")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 const DEVICE_KEYS: &[&str] = &[
     "address",

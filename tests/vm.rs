@@ -9,7 +9,10 @@ mod realkernel;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use realkernel::{DISK_MOUNT, DISK_SERIAL, E1000E_ID, EDU_ID, Machine, NVME_ID, SRIOV_SERIAL, Vm, VmOutput};
+use realkernel::{
+    BIND_CONFIG, DISK, DISK_MOUNT, DISK_SERIAL, E1000E, E1000E_ID, EDU, EDU_ID, Machine, NVME_ID, NVME_PF, NVME_VF0,
+    SRIOV_SERIAL, Vm, VmOutput,
+};
 use serde_json::Value;
 
 /// Prints, as sections, what the kernel says about every PCI function: `kernel-pci` (one
@@ -226,28 +229,6 @@ section require-kvm nodeprep check --require kvm
 }
 
 // ---- binding on a real kernel ------------------------------------------------------------------
-
-/// The addresses the Iommu machine gives its devices (asserted by the tests, so a change in the
-/// harness shows up as a clear failure rather than a config that selects nothing).
-const E1000E: &str = "0000:01:00.0";
-const EDU: &str = "0000:02:00.0";
-const NVME_PF: &str = "0000:03:00.0";
-const NVME_VF0: &str = "0000:03:00.1";
-const DISK: &str = "0000:04:00.0";
-
-/// e1000e and edu by id, the first NVMe VF by address, and the NVMe controller whose disk is
-/// mounted (which must be refused).
-const BIND_CONFIG: &str = r#"
-devices:
-  - resourceName: nodeprep.io/e1000e
-    selectors: {vendors: ["8086"], devices: ["10d3"]}
-  - resourceName: nodeprep.io/edu
-    selectors: {vendors: ["1234"], devices: ["11e8"]}
-  - resourceName: nodeprep.io/nvme_vf
-    selectors: {pciAddresses: ["0000:03:00.1"]}
-  - resourceName: nodeprep.io/nvme_disk
-    selectors: {pciAddresses: ["0000:04:00.0"]}
-"#;
 
 /// Enables the SR-IOV NVMe's VFs without letting the nvme driver take them.
 const ENABLE_VFS: &str = r#"

@@ -59,6 +59,28 @@ pub const E1000E_ID: (&str, &str) = ("8086", "10d3");
 pub const EDU_ID: (&str, &str) = ("1234", "11e8");
 pub const NVME_ID: (&str, &str) = ("1b36", "0010");
 
+/// The addresses the Iommu machine gives its devices (asserted by the tests, so a change in the
+/// harness shows up as a clear failure rather than a config that selects nothing).
+pub const E1000E: &str = "0000:01:00.0";
+pub const EDU: &str = "0000:02:00.0";
+pub const NVME_PF: &str = "0000:03:00.0";
+pub const NVME_VF0: &str = "0000:03:00.1";
+pub const DISK: &str = "0000:04:00.0";
+
+/// e1000e and edu by id, the first NVMe VF by address, and the NVMe controller whose disk is
+/// mounted (which must be refused).
+pub const BIND_CONFIG: &str = r#"
+devices:
+  - resourceName: nodeprep.io/e1000e
+    selectors: {vendors: ["8086"], devices: ["10d3"]}
+  - resourceName: nodeprep.io/edu
+    selectors: {vendors: ["1234"], devices: ["11e8"]}
+  - resourceName: nodeprep.io/nvme_vf
+    selectors: {pciAddresses: ["0000:03:00.1"]}
+  - resourceName: nodeprep.io/nvme_disk
+    selectors: {pciAddresses: ["0000:04:00.0"]}
+"#;
+
 /// The kernel command line every boot gets (before [`Vm::kernel_arg`]s).
 pub const KERNEL_ARGS: &str = "console=ttyS0 panic=-1 intel_iommu=on iommu=pt quiet";
 

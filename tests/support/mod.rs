@@ -4,6 +4,7 @@
 //! `#[path = "../tests/support/mod.rs"] mod support;`. Each user needs only part of it.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod kernel_sim;
 pub mod kubelet;
 pub mod lspci;
