@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::bind::{self, Applier, HostKernel, State};
 use crate::config::Config;
-use crate::deviceplugin::manager::{CountedResource, Manager, ManagerOptions, ResourceSpec};
+use crate::deviceplugin::manager::{Manager, ManagerOptions, ResourceSpec};
 use crate::deviceplugin::monitor::{Monitor, MonitorOptions, RescanHandle};
 use crate::host::{self, HostRoot, inotify::DirWatcher};
 
@@ -74,17 +74,7 @@ fn bind_per_config(root: &HostRoot, config: &Config) {
 }
 
 fn counted_specs(config: &Config) -> Vec<ResourceSpec> {
-    config
-        .counted
-        .iter()
-        .map(|c| {
-            ResourceSpec::Counted(CountedResource {
-                resource_name: c.resource_name.clone(),
-                count: c.count,
-                device_path: c.device_path.clone(),
-            })
-        })
-        .collect()
+    config.counted.iter().map(|c| ResourceSpec::Counted(c.clone())).collect()
 }
 
 /// Watches the config's directory and publishes every new valid config; an invalid one is

@@ -36,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nix::sys::inotify::AddWatchFlags;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -44,6 +45,7 @@ use super::devices::ResourceDevices;
 use super::registration;
 use super::server::{self, DevicePluginError, DeviceSource, PluginStatus, RunningServer, SharedStatus, lock};
 use crate::host::HostRoot;
+use crate::host::inotify::{ChangeKind, DirChange, DirWatcher, InotifyError};
 use crate::host::kubelet::PLUGIN_DIR;
 
 /// How often the backstop checks sockets, servers and registrations.
@@ -55,20 +57,15 @@ pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(2);
 /// Kata peer pods' resource.
 pub const PEER_PODS_RESOURCE: &str = "kata.peerpods.io/vm";
 /// Kata peer pods' default limit per node (`PEERPODS_LIMIT_PER_NODE`).
-pub const PEER_PODS_DEFAULT_LIMIT: u32 = 10;
+pub const PEER_PODS_DEFAULT_LIMIT: u32 = crate::config::DEFAULT_COUNT;
 /// KubeVirt's KVM resource.
 pub const KVM_RESOURCE: &str = "devices.kubevirt.io/kvm";
 /// The KVM device node.
 pub const KVM_DEVICE: &str = "/dev/kvm";
 
 /// A resource with no PCI device behind it: `count` identical devices, each giving the container
-/// `device_path` (a host path as the kubelet sees it, `/dev/kvm`), when set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CountedResource {
-    pub resource_name: String,
-    pub count: u32,
-    pub device_path: Option<String>,
-}
+/// `device_path` (a host path as the kubelet sees it, `/dev/kvm`), when set. The config's type.
+pub use crate::config::CountedResource;
 
 impl CountedResource {
     /// Kata peer pods' `kata.peerpods.io/vm`: `limit` devices, no device node.
@@ -192,8 +189,8 @@ impl Manager {
         let Manager { opts, mut devices } = self;
         let dir = opts.plugin_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| DevicePluginError::PluginDir { path: dir.clone(), source })?;
-        let watcher =
-            dirwatch::DirWatch::new(&dir).map_err(|source| DevicePluginError::Watch { path: dir.clone(), source })?;
+        let watcher = DirWatcher::with_mask(&dir, plugin_dir_mask())
+            .map_err(|InotifyError::Io { source, .. }| DevicePluginError::Watch { path: dir.clone(), source })?;
 
         let mut specs = opts.resources.clone();
         let initial: Vec<String> = devices.borrow_and_update().keys().cloned().collect();
@@ -351,7 +348,7 @@ impl State {
 
     async fn run(
         mut self,
-        watcher: dirwatch::DirWatch,
+        mut watcher: DirWatcher,
         mut devices: watch::Receiver<ResourceDevices>,
         mut cmd: mpsc::Receiver<ManagerCmd>,
     ) {
@@ -370,8 +367,8 @@ impl State {
                     }
                     return;
                 }
-                events = watcher.next(), if watching_dir => match events {
-                    Ok(events) => self.on_dir_events(&events),
+                change = watcher.next_change(), if watching_dir => match change {
+                    Ok(change) => self.on_dir_change(&change),
                     Err(e) => {
                         tracing::warn!(error = %e, "inotify on the plugin directory failed; relying on the periodic check");
                         watching_dir = false;
@@ -390,22 +387,21 @@ impl State {
         }
     }
 
-    fn on_dir_events(&self, events: &[dirwatch::DirEvent]) {
-        for ev in events {
-            match ev {
-                dirwatch::DirEvent::Created(name) if name == KUBELET_SOCKET => {
-                    tracing::info!("kubelet.sock created: the kubelet (re)started; registering every plugin again");
-                    self.tell_all(|| Cmd::Register);
-                }
-                dirwatch::DirEvent::Deleted(name) => {
-                    if let Some(p) = self.plugins.values().find(|p| p.endpoint == *name) {
-                        tracing::debug!(socket = %name, "plugin socket deleted");
-                        tell(&p.tx, Cmd::Check);
-                    }
-                }
-                dirwatch::DirEvent::Overflow => self.tell_all(|| Cmd::Check),
-                dirwatch::DirEvent::Created(_) => {}
+    fn on_dir_change(&self, change: &DirChange) {
+        let name = change.name.as_deref();
+        match change.kind {
+            ChangeKind::Created | ChangeKind::MovedIn if name == Some(KUBELET_SOCKET) => {
+                tracing::info!("kubelet.sock created: the kubelet (re)started; registering every plugin again");
+                self.tell_all(|| Cmd::Register);
             }
+            ChangeKind::Deleted | ChangeKind::MovedOut => {
+                if let Some(p) = self.plugins.values().find(|p| Some(p.endpoint.as_str()) == name) {
+                    tracing::debug!(socket = %p.endpoint, "plugin socket deleted");
+                    tell(&p.tx, Cmd::Check);
+                }
+            }
+            ChangeKind::Overflow => self.tell_all(|| Cmd::Check),
+            ChangeKind::Created | ChangeKind::MovedIn | ChangeKind::Written | ChangeKind::DirGone => {}
         }
     }
 
@@ -444,6 +440,13 @@ impl State {
             tracing::info!(resource = %name, "device plugin stopped");
         }
     }
+}
+
+/// The plugin directory's watch: entries created, deleted and renamed in or out. Not
+/// `IN_CLOSE_WRITE` (sockets are never written as files) nor the directory's own deletion (the
+/// kubelet empties the directory, it never removes it; the backstop covers the rest).
+fn plugin_dir_mask() -> AddWatchFlags {
+    AddWatchFlags::IN_CREATE | AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_MOVED_FROM
 }
 
 /// Queues a command for a plugin without blocking the manager; a full queue (a plugin busy
@@ -638,88 +641,6 @@ impl Plugin {
         let mut s = lock(&self.status);
         s.serving = false;
         s.registered = false;
-    }
-}
-
-/// A small inotify watcher for the plugin directory, on the tokio reactor.
-mod dirwatch {
-    use std::io;
-    use std::os::fd::{AsFd, AsRawFd, RawFd};
-    use std::path::Path;
-
-    use nix::errno::Errno;
-    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-    use tokio::io::Interest;
-    use tokio::io::unix::AsyncFd;
-
-    /// What happened in the directory.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub(super) enum DirEvent {
-        /// An entry was created (or renamed into the directory).
-        Created(String),
-        /// An entry was deleted (or renamed out).
-        Deleted(String),
-        /// Events were lost: look at everything again.
-        Overflow,
-    }
-
-    struct Fd(Inotify);
-
-    impl AsRawFd for Fd {
-        fn as_raw_fd(&self) -> RawFd {
-            self.0.as_fd().as_raw_fd()
-        }
-    }
-
-    pub(super) struct DirWatch {
-        fd: AsyncFd<Fd>,
-    }
-
-    impl DirWatch {
-        pub(super) fn new(dir: &Path) -> io::Result<DirWatch> {
-            let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-            ino.add_watch(
-                dir,
-                AddWatchFlags::IN_CREATE
-                    | AddWatchFlags::IN_DELETE
-                    | AddWatchFlags::IN_MOVED_TO
-                    | AddWatchFlags::IN_MOVED_FROM,
-            )?;
-            // SAFETY: the `AsyncFd` owns the inotify instance, whose descriptor stays open and the
-            // same until the `AsyncFd` drops it.
-            let fd = unsafe { AsyncFd::register_with_interest(Fd(ino), Interest::READABLE) }
-                .map_err(|e| e.into_parts().1)?;
-            Ok(DirWatch { fd })
-        }
-
-        /// The next batch of events.
-        pub(super) async fn next(&self) -> io::Result<Vec<DirEvent>> {
-            loop {
-                let mut guard = self.fd.readable().await?;
-                match guard.get_inner().0.read_events() {
-                    Ok(events) => {
-                        return Ok(events
-                            .into_iter()
-                            .filter_map(|e| {
-                                if e.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
-                                    return Some(DirEvent::Overflow);
-                                }
-                                let name = e.name?.to_string_lossy().into_owned();
-                                if e.mask.intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO) {
-                                    Some(DirEvent::Created(name))
-                                } else if e.mask.intersects(AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM) {
-                                    Some(DirEvent::Deleted(name))
-                                } else {
-                                    None
-                                }
-                            })
-                            .collect());
-                    }
-                    Err(Errno::EAGAIN) => guard.clear_ready(),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
     }
 }
 
