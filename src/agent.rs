@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::bind::{self, Applier, HostKernel, State};
+use crate::bind::{self, HostKernel};
 use crate::config::Config;
 use crate::deviceplugin::manager::{Manager, ManagerOptions, ResourceSpec};
 use crate::deviceplugin::monitor::{Monitor, MonitorOptions, RescanHandle};
-use crate::host::{self, HostRoot, inotify::DirWatcher};
+use crate::host::{HostRoot, inotify::DirWatcher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -48,28 +48,16 @@ pub struct AgentOptions {
 /// Binds what the config selects; logs every outcome. Errors are logged, never fatal: the
 /// plugins then report the affected devices unhealthy.
 fn bind_per_config(root: &HostRoot, config: &Config) {
-    let result = (|| -> Result<(), String> {
-        let inv = host::pci::discover(root).map_err(|e| e.to_string())?;
-        let claims = config.claims(&inv).map_err(|p| p.join("; "))?;
-        let allocations = host::kubelet::read_allocations(root).map_err(|e| e.to_string())?;
-        let vfio_loaded = root.join("sys/bus/pci/drivers/vfio-pci").exists();
-        let plan = bind::plan_bind(&inv, config, &claims, &allocations, vfio_loaded);
-        if plan.writes_needed() == 0 && plan.refused().next().is_none() {
-            return Ok(());
-        }
-        let mut state = State::load(root).map_err(|e| e.to_string())?;
-        let mut kernel = HostKernel::new(root);
-        let outcomes = Applier::new(root, &mut kernel).apply_bind(&plan, &mut state).map_err(|e| e.to_string())?;
-        for o in outcomes {
-            match o.detail {
-                Some(d) => tracing::warn!(device = %o.address, outcome = %o.outcome, detail = %d, "bind"),
-                None => tracing::info!(device = %o.address, outcome = %o.outcome, "bind"),
+    match bind::bind_per_config(root, config, &mut HostKernel::new(root)) {
+        Ok((_, outcomes)) => {
+            for o in outcomes {
+                match o.detail {
+                    Some(d) => tracing::warn!(device = %o.address, outcome = %o.outcome, detail = %d, "bind"),
+                    None => tracing::info!(device = %o.address, outcome = %o.outcome, "bind"),
+                }
             }
         }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        tracing::error!(error = %e, "binding per config failed; devices stay as they are");
+        Err(e) => tracing::error!(error = %e, "binding per config failed; devices stay as they are"),
     }
 }
 

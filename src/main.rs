@@ -366,20 +366,8 @@ fn outcome_text(outcomes: &[DeviceOutcome]) -> String {
 fn run_bind(root: &HostRoot, args: BindArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let config = Config::load(&args.config)?;
-    let inv = host::pci::discover(root)
-        .with_context(|| format!("cannot discover PCI devices under host root {}", root.path().display()))?;
-    let claims = config.claims(&inv).map_err(|problems| {
-        anyhow::anyhow!(
-            "config {} refused on this host, nothing changed:\n{}",
-            args.config.display(),
-            problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
-        )
-    })?;
-    let allocations =
-        host::kubelet::read_allocations(root).context("cannot tell which devices pods hold; nothing changed")?;
-    let vfio_loaded = root.join("sys/bus/pci/drivers/vfio-pci").exists();
-    let plan = bind::plan_bind(&inv, &config, &claims, &allocations, vfio_loaded);
     if args.dry_run {
+        let plan = bind::plan_for(root, &config)?;
         match args.output {
             Format::Text => emit(&plan.to_string())?,
             Format::Json => emit(&(serde_json::to_string_pretty(&plan)? + "\n"))?,
@@ -387,9 +375,7 @@ fn run_bind(root: &HostRoot, args: BindArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(if plan.refused().next().is_some() { ExitCode::from(EXIT_UNFIT) } else { ExitCode::SUCCESS });
     }
-    let mut state = State::load(root)?;
-    let mut kernel = HostKernel::new(root);
-    let outcomes = Applier::new(root, &mut kernel).apply_bind(&plan, &mut state)?;
+    let (_, outcomes) = bind::bind_per_config(root, &config, &mut HostKernel::new(root))?;
     let writes: usize = outcomes.iter().map(|o| o.writes).sum();
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     match args.output {

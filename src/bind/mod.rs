@@ -12,3 +12,48 @@ pub mod state;
 pub use apply::{Applier, ApplyError, DeviceOutcome, HostKernel, Kernel};
 pub use plan::{Action, BindPlan, RestorePlan, plan_bind, plan_unbind};
 pub use state::State;
+
+use crate::config::Config;
+use crate::host::{self, HostError, HostRoot};
+
+/// Why binding per config could not start (nothing was changed).
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot discover PCI devices under host root {root}: {source}")]
+    Discover {
+        root: std::path::PathBuf,
+        #[source]
+        source: HostError,
+    },
+    #[error("the config is refused on this host, nothing changed:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Claims(Vec<String>),
+    #[error("cannot tell which devices pods hold, nothing changed: {0}")]
+    Allocations(#[source] HostError),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+/// Reads the host and plans binding per config: discovery, the config's claims, the kubelet's
+/// allocations, whether vfio-pci is loaded.
+pub fn plan_for(root: &HostRoot, config: &Config) -> Result<BindPlan, BindError> {
+    let inv =
+        host::pci::discover(root).map_err(|source| BindError::Discover { root: root.path().to_owned(), source })?;
+    let claims = config.claims(&inv).map_err(BindError::Claims)?;
+    let allocations = host::kubelet::read_allocations(root).map_err(BindError::Allocations)?;
+    let vfio_loaded = root.join("sys/bus/pci/drivers/vfio-pci").exists();
+    Ok(plan_bind(&inv, config, &claims, &allocations, vfio_loaded))
+}
+
+/// Plans and applies binding per config through `kernel`, with nodeprep's state file.
+pub fn bind_per_config<K: Kernel>(
+    root: &HostRoot,
+    config: &Config,
+    kernel: &mut K,
+) -> Result<(BindPlan, Vec<DeviceOutcome>), BindError> {
+    let plan = plan_for(root, config)?;
+    let mut state = State::load(root)?;
+    let outcomes = Applier::new(root, kernel).apply_bind(&plan, &mut state)?;
+    Ok((plan, outcomes))
+}
