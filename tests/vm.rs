@@ -462,3 +462,35 @@ section runlog cat /tmp/run.log
     assert_eq!(out.section("run-exit").trim(), "0", "{}", out.section("runlog"));
     assert!(!out.section("sockets-after").contains(".sock"), "sockets removed: {}", out.section("sockets-after"));
 }
+
+#[test]
+fn bind_through_a_host_root_like_the_daemonset() {
+    // The DaemonSet sees the host's / at /host: reads, writes and modprobe (chrooted) go there.
+    let script = format!(
+        r#"{KERNEL_VIEW}{ENABLE_VFS}
+mkdir -p /host
+mount -o rbind / /host
+section mounted ls /host/sys/bus/pci/devices
+section bind nodeprep --host-root /host bind --config $CFG -o json
+section modules cut -d' ' -f1 /proc/modules
+kernel_view -bound
+section state cat /host/var/lib/nodeprep/bindings.json
+section unbind nodeprep --host-root /host unbind -o json
+kernel_view -restored
+"#
+    );
+    let out = Vm::new(Machine::Iommu).file("/etc/nodeprep/config.yaml", BIND_CONFIG).run(&script);
+    assert!(out.section("mounted").contains(EDU), "the host's sysfs is visible under /host");
+    assert_eq!(out.status("bind"), 1, "exit 1 only for the refused disk: {:?}", out.try_section("bind.stderr"));
+    let modules: BTreeSet<&str> = out.section("modules").lines().collect();
+    assert!(modules.contains("vfio_pci") && modules.contains("vfio_iommu_type1"), "loaded through chroot: {modules:?}");
+    let bound = outcomes(&out, "bind");
+    for a in [E1000E, EDU, NVME_VF0] {
+        assert_eq!(bound[a]["outcome"], "bound", "{}", bound[a]);
+    }
+    assert_bound(&drivers(&out, "kernel-pci-bound"), "bound through /host");
+    let state: Value = serde_json::from_str(out.section("state")).expect("state file under the host root");
+    assert_eq!(state["devices"][E1000E]["originalDriver"], "e1000e");
+    assert_eq!(out.status("unbind"), 0, "{:?}", out.try_section("unbind.stderr"));
+    assert_restored(&drivers(&out, "kernel-pci-restored"), "restored through /host");
+}

@@ -75,17 +75,27 @@ impl Kernel for HostKernel {
         res
     }
 
-    /// `modprobe NAME`, inside the host's root (`chroot`) when that is not `/`, so the host's
-    /// own modprobe, modules and configuration are used.
+    /// `modprobe NAME`, inside the host's root when that is not `/` (the child `chroot(2)`s
+    /// before it execs), so the host's own modprobe, modules and configuration are used and the
+    /// image needs no tools of its own.
     fn load_module(&mut self, name: &str) -> Result<(), String> {
-        let mut cmd = if self.root.path() == Path::new("/") {
-            std::process::Command::new("modprobe")
-        } else {
-            let mut c = std::process::Command::new("chroot");
-            c.arg(self.root.path()).arg("modprobe");
-            c
-        };
-        let out = cmd.arg(name).output().map_err(|e| format!("cannot run modprobe: {e}"))?;
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("modprobe");
+        cmd.arg(name).env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        if self.root.path() != Path::new("/") {
+            let root = self.root.path().to_owned();
+            // SAFETY: runs in the forked child before exec; it only makes the chroot and chdir
+            // system calls (nix keeps short paths on the stack).
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::unistd::chroot(&root)?;
+                    nix::unistd::chdir("/")?;
+                    Ok(())
+                });
+            }
+        }
+        let out =
+            cmd.output().map_err(|e| format!("cannot run modprobe inside {}: {e}", self.root.path().display()))?;
         if out.status.success() {
             Ok(())
         } else {
