@@ -61,6 +61,24 @@ fn bind_per_config(root: &HostRoot, config: &Config) {
     }
 }
 
+/// Computes the node labels from a fresh host check and logs them. Applying them to the Node
+/// object (server-side apply) is the agent's cluster side; without it they are only logged. A
+/// failed check logs nothing new: a partial scan must never drop labels.
+fn log_labels(root: &HostRoot, ready: bool) {
+    let (facts, inv) = match (crate::host::system::read_system(root), crate::host::pci::discover(root)) {
+        (Ok(f), Ok(i)) => (f, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "host check failed; node labels left as they are");
+            return;
+        }
+    };
+    let report = crate::eligibility::evaluate(&facts, &inv);
+    let labels =
+        crate::labels::desired(crate::labels::LabelInputs { report: &report, facts: &facts, ready, manage_kata: true });
+    let shown: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    tracing::info!(labels = %shown.join(","), "node labels nodeprep wants (not applied: no Kubernetes API connection)");
+}
+
 fn counted_specs(config: &Config) -> Vec<ResourceSpec> {
     config.counted.iter().map(|c| ResourceSpec::Counted(c.clone())).collect()
 }
@@ -121,6 +139,10 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         devices.borrow().keys().map(|name| ResourceSpec::Pci(name.clone())).chain(counted).collect::<Vec<_>>();
     let handle = Manager::new(mopts, devices)?.start().await?;
     tracing::info!(plugins = handle.status().len(), dir = %handle.plugin_dir().display(), "device plugins serving");
+    {
+        let (root, ready) = (opts.root.clone(), handle.status().iter().all(|s| s.registered));
+        let _ = tokio::task::spawn_blocking(move || log_labels(&root, ready)).await;
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -16,6 +16,7 @@ pub mod config;
 pub mod deviceplugin;
 pub mod eligibility;
 pub mod host;
+pub mod labels;
 pub mod machineconfig;
 pub mod model;
 pub mod names;
