@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::bind::{self, HostKernel};
@@ -19,6 +20,7 @@ use crate::config::Config;
 use crate::deviceplugin::manager::{Manager, ManagerOptions, ResourceSpec};
 use crate::deviceplugin::monitor::{Monitor, MonitorOptions, RescanHandle};
 use crate::host::{HostRoot, inotify::DirWatcher};
+use crate::observe::{self, Observer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -30,6 +32,12 @@ pub enum AgentError {
     ConfigWatch { path: PathBuf, message: String },
     #[error("device monitor: {0}")]
     Monitor(String),
+    #[error("listen on {addr} for /healthz, /readyz and /metrics: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How the agent runs.
@@ -43,13 +51,16 @@ pub struct AgentOptions {
     pub bind: bool,
     /// The periodic rescan (safety net).
     pub rescan_interval: Duration,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub listen: std::net::SocketAddr,
 }
 
 /// Binds what the config selects; logs every outcome. Errors are logged, never fatal: the
 /// plugins then report the affected devices unhealthy.
-fn bind_per_config(root: &HostRoot, config: &Config) {
+fn bind_per_config(root: &HostRoot, config: &Config, observer: &Observer) {
     match bind::bind_per_config(root, config, &mut HostKernel::new(root)) {
         Ok((_, outcomes)) => {
+            observer.record_bind(&outcomes);
             for o in outcomes {
                 match o.detail {
                     Some(d) => tracing::warn!(device = %o.address, outcome = %o.outcome, detail = %d, "bind"),
@@ -91,6 +102,7 @@ async fn watch_config(
     bind: bool,
     tx: watch::Sender<Arc<Config>>,
     rescan: RescanHandle,
+    observer: Observer,
 ) -> Result<(), AgentError> {
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     let mut watcher =
@@ -105,14 +117,18 @@ async fn watch_config(
             Ok(c) if **tx.borrow() == c => {}
             Ok(c) => {
                 tracing::info!(config = %path.display(), entries = c.entries.len(), "config reloaded");
+                observer.record_config_reload(true);
                 if bind {
-                    let (r, c2) = (root.clone(), c.clone());
-                    let _ = tokio::task::spawn_blocking(move || bind_per_config(&r, &c2)).await;
+                    let (r, c2, o) = (root.clone(), c.clone(), observer.clone());
+                    let _ = tokio::task::spawn_blocking(move || bind_per_config(&r, &c2, &o)).await;
                 }
                 tx.send_replace(Arc::new(c));
                 rescan.rescan();
             }
-            Err(e) => tracing::error!(error = %e, "new config refused; the last good config keeps running"),
+            Err(e) => {
+                observer.record_config_reload(false);
+                tracing::error!(error = %e, "new config refused; the last good config keeps running");
+            }
         }
     }
 }
@@ -120,16 +136,23 @@ async fn watch_config(
 /// Runs the agent until `shutdown` resolves: then device-plugin streams get an empty list and
 /// the sockets are removed.
 pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    // Bind the port first: a port already taken fails the start, not a probe later.
+    let observer = Observer::new();
+    let listener =
+        TcpListener::bind(opts.listen).await.map_err(|source| AgentError::Listen { addr: opts.listen, source })?;
     let config = Config::load(&opts.config_path)?;
     if opts.bind {
-        let (r, c) = (opts.root.clone(), config.clone());
-        let _ = tokio::task::spawn_blocking(move || bind_per_config(&r, &c)).await;
+        let (r, c, o) = (opts.root.clone(), config.clone(), observer.clone());
+        let _ = tokio::task::spawn_blocking(move || bind_per_config(&r, &c, &o)).await;
     }
     let counted = counted_specs(&config);
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     let monitor_opts = MonitorOptions { rescan_interval: Some(opts.rescan_interval), ..MonitorOptions::default() };
     let (monitor, devices) = Monitor::new(opts.root.clone(), config_rx, monitor_opts);
     let rescan = monitor.rescan_handle();
+    observer.set_monitor(monitor.stats());
+    observer.set_devices(&devices.borrow());
+    let mut devices_view = monitor.subscribe();
 
     let mut mopts = ManagerOptions::new(opts.root.clone());
     if let Some(dir) = &opts.plugin_dir {
@@ -139,6 +162,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         devices.borrow().keys().map(|name| ResourceSpec::Pci(name.clone())).chain(counted).collect::<Vec<_>>();
     let handle = Manager::new(mopts, devices)?.start().await?;
     tracing::info!(plugins = handle.status().len(), dir = %handle.plugin_dir().display(), "device plugins serving");
+    observer.set_plugins(handle.status());
     {
         let (root, ready) = (opts.root.clone(), handle.status().iter().all(|s| s.registered));
         let _ = tokio::task::spawn_blocking(move || log_labels(&root, ready)).await;
@@ -149,14 +173,34 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         let _ = rx.wait_for(|s| *s).await;
     };
     let monitor_task = tokio::spawn(monitor.run(stopped(stop_rx.clone())));
-    let config_task =
-        tokio::spawn(watch_config(opts.root.clone(), opts.config_path.clone(), opts.bind, config_tx, rescan));
+    let config_task = tokio::spawn(watch_config(
+        opts.root.clone(),
+        opts.config_path.clone(),
+        opts.bind,
+        config_tx,
+        rescan,
+        observer.clone(),
+    ));
+    let http_task = tokio::spawn(observe::serve(listener, observer.clone(), stopped(stop_rx.clone())));
 
-    shutdown.await;
+    // The loop's heartbeat (for /healthz) and the views /readyz and /metrics read.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = tick.tick() => {
+                observer.heartbeat();
+                observer.set_plugins(handle.status());
+            }
+            Ok(()) = devices_view.changed() => observer.set_devices(&devices_view.borrow_and_update()),
+        }
+    }
     tracing::info!("shutting down: withdrawing devices and removing plugin sockets");
     let _ = stop_tx.send(true);
     handle.shutdown().await;
     config_task.abort();
+    let _ = http_task.await;
     match monitor_task.await {
         Ok(Err(e)) => Err(AgentError::Monitor(e.to_string())),
         _ => Ok(()),

@@ -8,7 +8,9 @@
 //! - [`names`] gives PCI ids their pci.ids names;
 //! - [`render`] turns the data into the text people read;
 //! - [`machineconfig`] renders OpenShift MachineConfigs for boot-time settings (IOMMU, vfio-pci
-//!   ids, huge pages).
+//!   ids, huge pages);
+//! - [`observe`] is what the agent shows operators: `/healthz`, `/readyz` and Prometheus
+//!   `/metrics` on a small HTTP port.
 
 pub mod agent;
 pub mod bind;
@@ -20,4 +22,5 @@ pub mod labels;
 pub mod machineconfig;
 pub mod model;
 pub mod names;
+pub mod observe;
 pub mod render;

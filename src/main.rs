@@ -122,6 +122,9 @@ nodeprep run --config config.yaml --no-bind --log-level info")]
         /// Seconds between safety-net rescans.
         #[arg(long, default_value_t = 300, value_name = "SECONDS")]
         resync: u64,
+        /// Where to serve /healthz, /readyz and /metrics.
+        #[arg(long, default_value = "0.0.0.0:9437", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
     },
     /// Device-plugin tools.
     #[command(subcommand)]
@@ -271,13 +274,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bind { args } => run_bind(&root, args),
         Command::Unbind { addresses, dry_run, output } => run_unbind(&root, &addresses, dry_run, output),
         Command::Config(ConfigCommand::Check { file }) => run_config_check(&root, &file),
-        Command::Run { config, plugin_dir, no_bind, resync } => {
+        Command::Run { config, plugin_dir, no_bind, resync, listen } => {
             let opts = nodeprep::agent::AgentOptions {
                 root: root.clone(),
                 config_path: config,
                 plugin_dir,
                 bind: !no_bind,
                 rescan_interval: std::time::Duration::from_secs(resync.max(1)),
+                listen,
             };
             runtime()?.block_on(async {
                 nodeprep::agent::run(opts, terminated()).await?;
