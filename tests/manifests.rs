@@ -1,0 +1,636 @@
+//! The deployment manifests (`daemonset/`) and the `Containerfile`: every YAML file parses, and
+//! their references line up with each other, with the binary's flags and with the image: the
+//! kustomization's resources, namespaces, the service account and RBAC bindings, volumes and
+//! mounts, the config map and the `--config` path, the plugin directory, the health port and the
+//! probes, the entrypoint. The shipped config (and each example in it, uncommented) is accepted by
+//! `nodeprep config check`.
+//!
+//! No cluster runs here: these are static checks, plus the real binary for what it must accept.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use support::cli::{stderr, stdout};
+
+const NAMESPACE: &str = "nodeprep";
+const CONFIG_MAP: &str = "nodeprep-config";
+const CONFIG_KEY: &str = "config.yaml";
+
+/// Kinds that live outside namespaces; every other kind the manifests use must be listed in
+/// [`NAMESPACED`], so a new kind makes the test say which one it is.
+const CLUSTER_SCOPED: &[&str] = &["Namespace", "ClusterRole", "ClusterRoleBinding"];
+const NAMESPACED: &[&str] = &["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "DaemonSet"];
+
+fn manifest_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("daemonset")
+}
+
+/// One YAML document of one file.
+struct Doc {
+    file: String,
+    value: Value,
+}
+
+impl Doc {
+    fn kind(&self) -> &str {
+        text(&self.value["kind"], &format!("{}: kind", self.file))
+    }
+
+    fn name(&self) -> &str {
+        text(&self.value["metadata"]["name"], &format!("{}: metadata.name", self.file))
+    }
+
+    fn at(&self) -> String {
+        format!("{} ({} {})", self.file, self.kind(), self.name())
+    }
+}
+
+/// Every document of every `*.yaml`/`*.yml` file under `daemonset/`, in file order; empty
+/// documents (a trailing `---`) are skipped.
+fn load_all() -> Vec<Doc> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(manifest_dir())
+        .expect("read daemonset/")
+        .map(|e| e.expect("daemonset/ entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no YAML under {}", manifest_dir().display());
+    let mut docs = Vec::new();
+    for path in files {
+        let file = path.file_name().expect("file name").to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {file}: {e}"));
+        for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let value = Value::deserialize(de).unwrap_or_else(|e| panic!("{file}: document {i}: not YAML: {e}"));
+            if !value.is_null() {
+                docs.push(Doc { file: file.clone(), value });
+            }
+        }
+    }
+    docs
+}
+
+/// The documents that are Kubernetes objects (everything but the kustomization itself).
+fn objects() -> Vec<Doc> {
+    load_all().into_iter().filter(|d| d.kind() != "Kustomization").collect()
+}
+
+fn kustomization() -> Value {
+    let mut k: Vec<Doc> =
+        load_all().into_iter().filter(|d| d.value["kind"].as_str() == Some("Kustomization")).collect();
+    assert_eq!(k.len(), 1, "exactly one Kustomization");
+    assert_eq!(k[0].file, "kustomization.yaml");
+    k.remove(0).value
+}
+
+fn find<'a>(docs: &'a [Doc], kind: &str, name: &str) -> Option<&'a Doc> {
+    docs.iter().find(|d| d.kind() == kind && d.name() == name)
+}
+
+fn one<'a>(docs: &'a [Doc], kind: &str) -> &'a Doc {
+    let all: Vec<&Doc> = docs.iter().filter(|d| d.kind() == kind).collect();
+    assert_eq!(all.len(), 1, "expected exactly one {kind}, found {}", all.len());
+    all[0]
+}
+
+fn text<'a>(v: &'a Value, what: &str) -> &'a str {
+    v.as_str().unwrap_or_else(|| panic!("{what}: expected a string, got {v:?}"))
+}
+
+fn seq<'a>(v: &'a Value, what: &str) -> &'a [Value] {
+    v.as_sequence().map(Vec::as_slice).unwrap_or_else(|| panic!("{what}: expected a list, got {v:?}"))
+}
+
+fn strings(v: &Value, what: &str) -> Vec<String> {
+    seq(v, what).iter().map(|s| text(s, what).to_owned()).collect()
+}
+
+fn int(v: &Value, what: &str) -> i64 {
+    v.as_i64().unwrap_or_else(|| panic!("{what}: expected an integer, got {v:?}"))
+}
+
+/// The DaemonSet's one container.
+fn container(ds: &Doc) -> &Value {
+    let containers = seq(&ds.value["spec"]["template"]["spec"]["containers"], "containers");
+    assert_eq!(containers.len(), 1, "the DaemonSet runs one container");
+    &containers[0]
+}
+
+fn pod_spec(ds: &Doc) -> &Value {
+    &ds.value["spec"]["template"]["spec"]
+}
+
+fn args(ds: &Doc) -> Vec<String> {
+    strings(&container(ds)["args"], "container args")
+}
+
+/// The value after `flag` in the args (`--flag VALUE` or `--flag=VALUE`).
+fn flag(args: &[String], name: &str) -> String {
+    let eq = format!("{name}=");
+    for (i, a) in args.iter().enumerate() {
+        if a == name {
+            return args.get(i + 1).unwrap_or_else(|| panic!("{name} has no value in {args:?}")).clone();
+        }
+        if let Some(v) = a.strip_prefix(&eq) {
+            return v.to_owned();
+        }
+    }
+    panic!("the DaemonSet's args have no {name}: {args:?}")
+}
+
+/// volume name -> mountPath, for the container's mounts.
+fn mounts(ds: &Doc) -> BTreeMap<String, Value> {
+    seq(&container(ds)["volumeMounts"], "volumeMounts")
+        .iter()
+        .map(|m| (text(&m["name"], "volumeMount name").to_owned(), m.clone()))
+        .collect()
+}
+
+fn volumes(ds: &Doc) -> BTreeMap<String, Value> {
+    seq(&pod_spec(ds)["volumes"], "volumes")
+        .iter()
+        .map(|v| (text(&v["name"], "volume name").to_owned(), v.clone()))
+        .collect()
+}
+
+// ---- kustomization and objects ---------------------------------------------------------------
+
+#[test]
+fn kustomization_lists_every_manifest_and_nothing_else() {
+    let k = kustomization();
+    let resources: Vec<String> = strings(&k["resources"], "kustomization resources");
+    let listed: BTreeSet<&str> = resources.iter().map(String::as_str).collect();
+    assert_eq!(listed.len(), resources.len(), "a resource listed twice: {resources:?}");
+    for r in &resources {
+        assert!(manifest_dir().join(r).is_file(), "kustomization lists {r}, which does not exist in daemonset/");
+    }
+    let files: BTreeSet<String> = objects().into_iter().map(|d| d.file).collect();
+    for f in &files {
+        assert!(listed.contains(f.as_str()), "daemonset/{f} is not in the kustomization's resources");
+    }
+    for d in objects() {
+        assert!(d.value["apiVersion"].as_str().is_some_and(|v| !v.is_empty()), "{}: no apiVersion", d.at());
+        assert!(!d.name().is_empty(), "{}: empty name", d.file);
+    }
+    let kinds_names: Vec<(String, String)> =
+        objects().iter().map(|d| (d.kind().to_owned(), d.name().to_owned())).collect();
+    let unique: BTreeSet<&(String, String)> = kinds_names.iter().collect();
+    assert_eq!(unique.len(), kinds_names.len(), "two objects with the same kind and name: {kinds_names:?}");
+}
+
+#[test]
+fn every_object_is_in_the_namespace_or_cluster_scoped() {
+    let k = kustomization();
+    assert_eq!(k["namespace"].as_str(), Some(NAMESPACE), "kustomization namespace");
+    let docs = objects();
+    assert!(find(&docs, "Namespace", NAMESPACE).is_some(), "the Namespace {NAMESPACE} is not created");
+    for d in &docs {
+        let ns = &d.value["metadata"]["namespace"];
+        if CLUSTER_SCOPED.contains(&d.kind()) {
+            assert!(ns.is_null(), "{}: a cluster-scoped object with a namespace", d.at());
+        } else {
+            assert!(
+                NAMESPACED.contains(&d.kind()),
+                "{}: kind not known to this test; add it to NAMESPACED or CLUSTER_SCOPED",
+                d.at()
+            );
+            // Stated in the file too, so `oc apply -f` of one file lands in the same place.
+            assert_eq!(ns.as_str(), Some(NAMESPACE), "{}: metadata.namespace", d.at());
+        }
+    }
+}
+
+#[test]
+fn common_labels_and_the_daemonset_selector_agree() {
+    let k = kustomization();
+    assert_eq!(k["commonLabels"]["app.kubernetes.io/name"].as_str(), Some("nodeprep"), "commonLabels");
+    let docs = objects();
+    let ds = one(&docs, "DaemonSet");
+    let selector = ds.value["spec"]["selector"]["matchLabels"].as_mapping().expect("DaemonSet selector.matchLabels");
+    let labels = ds.value["spec"]["template"]["metadata"]["labels"].as_mapping().expect("pod template labels");
+    assert!(!selector.is_empty());
+    for (key, value) in selector {
+        assert_eq!(labels.get(key), Some(value), "pod template lacks selector label {key:?}");
+    }
+}
+
+// ---- service account and RBAC ----------------------------------------------------------------
+
+#[test]
+fn the_service_account_exists_and_the_bindings_point_at_it() {
+    let docs = objects();
+    let ds = one(&docs, "DaemonSet");
+    let sa = text(&pod_spec(ds)["serviceAccountName"], "serviceAccountName");
+    let account = find(&docs, "ServiceAccount", sa).unwrap_or_else(|| panic!("ServiceAccount {sa} does not exist"));
+    assert_eq!(account.value["metadata"]["namespace"].as_str(), Some(NAMESPACE));
+
+    for (binding_kind, role_kind) in [("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")] {
+        let b = one(&docs, binding_kind);
+        let role_ref = &b.value["roleRef"];
+        assert_eq!(role_ref["apiGroup"].as_str(), Some("rbac.authorization.k8s.io"), "{}: roleRef.apiGroup", b.at());
+        assert_eq!(role_ref["kind"].as_str(), Some(role_kind), "{}: roleRef.kind", b.at());
+        let role_name = text(&role_ref["name"], "roleRef.name");
+        let role = find(&docs, role_kind, role_name)
+            .unwrap_or_else(|| panic!("{}: refers to {role_kind} {role_name}, which does not exist", b.at()));
+        if role_kind == "Role" {
+            assert_eq!(
+                role.value["metadata"]["namespace"], b.value["metadata"]["namespace"],
+                "Role and RoleBinding namespaces"
+            );
+        }
+        let subjects = seq(&b.value["subjects"], "subjects");
+        assert_eq!(subjects.len(), 1, "{}: one subject, the agent", b.at());
+        let s = &subjects[0];
+        assert_eq!(s["kind"].as_str(), Some("ServiceAccount"), "{}: subject kind", b.at());
+        assert_eq!(s["name"].as_str(), Some(sa), "{}: subject name", b.at());
+        // A ServiceAccount subject without its namespace matches nothing.
+        assert_eq!(s["namespace"].as_str(), Some(NAMESPACE), "{}: subject namespace", b.at());
+    }
+}
+
+/// (apiGroup, resource, resourceNames) -> verbs, for every rule of a role.
+fn rules(role: &Doc) -> BTreeMap<(String, String, Vec<String>), BTreeSet<String>> {
+    let mut out: BTreeMap<(String, String, Vec<String>), BTreeSet<String>> = BTreeMap::new();
+    for r in seq(&role.value["rules"], "rules") {
+        let names =
+            if r["resourceNames"].is_null() { Vec::new() } else { strings(&r["resourceNames"], "resourceNames") };
+        for g in strings(&r["apiGroups"], "apiGroups") {
+            for res in strings(&r["resources"], "resources") {
+                out.entry((g.clone(), res, names.clone())).or_default().extend(strings(&r["verbs"], "verbs"));
+            }
+        }
+    }
+    out
+}
+
+fn expect_rules(rows: &[(&str, &str, &[&str], &[&str])]) -> BTreeMap<(String, String, Vec<String>), BTreeSet<String>> {
+    rows.iter()
+        .map(|(g, r, names, verbs)| {
+            (
+                (g.to_string(), r.to_string(), names.iter().map(ToString::to_string).collect()),
+                verbs.iter().map(ToString::to_string).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_agent_uses() {
+    let docs = objects();
+    for d in docs.iter().filter(|d| d.kind() == "ClusterRole" || d.kind() == "Role") {
+        for r in seq(&d.value["rules"], "rules") {
+            for key in ["apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"] {
+                if let Some(list) = r[key].as_sequence() {
+                    assert!(
+                        list.iter().all(|v| !v.as_str().unwrap_or_default().contains('*')),
+                        "{}: wildcard in {key}: {list:?}",
+                        d.at()
+                    );
+                }
+            }
+            assert!(r["nonResourceURLs"].is_null(), "{}: nonResourceURLs", d.at());
+        }
+    }
+
+    // Cluster-wide: its Node (labels by server-side apply, a watch on its own name) and Events
+    // on the Node, which land in "default".
+    let cluster = one(&docs, "ClusterRole");
+    assert_eq!(
+        rules(cluster),
+        expect_rules(&[
+            ("", "nodes", &[], &["get", "watch", "patch"]),
+            ("", "events", &[], &["create", "patch"]),
+            ("events.k8s.io", "events", &[], &["create", "patch"]),
+        ]),
+        "{}",
+        cluster.at()
+    );
+    // Its namespace only: its ConfigMap, and on OpenShift the privileged SCC.
+    let role = one(&docs, "Role");
+    assert_eq!(
+        rules(role),
+        expect_rules(&[
+            ("", "configmaps", &[], &["get", "watch", "list"]),
+            ("security.openshift.io", "securitycontextconstraints", &["privileged"], &["use"]),
+        ]),
+        "{}",
+        role.at()
+    );
+}
+
+// ---- the DaemonSet: volumes, config, plugin directory, host root -----------------------------
+
+#[test]
+fn every_mount_has_a_volume_and_every_volume_is_mounted() {
+    let docs = objects();
+    let ds = one(&docs, "DaemonSet");
+    let (mounts, volumes) = (mounts(ds), volumes(ds));
+    assert_eq!(mounts.len(), seq(&container(ds)["volumeMounts"], "volumeMounts").len(), "a volume mounted twice");
+    for name in mounts.keys() {
+        assert!(volumes.contains_key(name), "volumeMount {name} has no volume");
+    }
+    for name in volumes.keys() {
+        assert!(mounts.contains_key(name), "volume {name} is not mounted");
+    }
+    let paths: BTreeSet<&str> = mounts.values().map(|m| text(&m["mountPath"], "mountPath")).collect();
+    assert_eq!(paths.len(), mounts.len(), "two mounts at one path");
+}
+
+#[test]
+fn the_config_map_is_mounted_as_a_directory_and_holds_the_config_file() {
+    let docs = objects();
+    let ds = one(&docs, "DaemonSet");
+    let (mounts, volumes) = (mounts(ds), volumes(ds));
+    let config_volumes: Vec<(&String, &Value)> = volumes.iter().filter(|(_, v)| !v["configMap"].is_null()).collect();
+    assert_eq!(config_volumes.len(), 1, "one ConfigMap volume");
+    let (vol_name, vol) = config_volumes[0];
+    assert_eq!(vol["configMap"]["name"].as_str(), Some(CONFIG_MAP), "the ConfigMap volume's name");
+    let cm = find(&docs, "ConfigMap", CONFIG_MAP).unwrap_or_else(|| panic!("ConfigMap {CONFIG_MAP} does not exist"));
+    assert!(cm.value["data"][CONFIG_KEY].is_string(), "ConfigMap {CONFIG_MAP} has no key {CONFIG_KEY}");
+
+    let mount = &mounts[vol_name];
+    // With subPath the kubelet never updates the file: reloads would never happen.
+    assert!(mount["subPath"].is_null() && mount["subPathExpr"].is_null(), "the config is mounted with subPath");
+    assert!(vol["configMap"]["items"].is_null(), "items would rename or drop keys");
+    let dir = Path::new(text(&mount["mountPath"], "config mountPath"));
+    let config = flag(&args(ds), "--config");
+    let config = Path::new(&config);
+    assert_eq!(
+        config.parent(),
+        Some(dir),
+        "--config {} is not directly in the ConfigMap's mount {}",
+        config.display(),
+        dir.display()
+    );
+    assert_eq!(
+        config.file_name().and_then(|n| n.to_str()),
+        Some(CONFIG_KEY),
+        "--config names a key the ConfigMap has not"
+    );
+}
+
+#[test]
+fn the_plugin_dir_and_the_host_root_are_host_paths() {
+    let docs = objects();
+    let ds = one(&docs, "DaemonSet");
+    let (mounts, volumes) = (mounts(ds), volumes(ds));
+    let host_path_mount = |host: &str| -> (&String, &Value) {
+        let (name, _) = volumes
+            .iter()
+            .find(|(_, v)| v["hostPath"]["path"].as_str() == Some(host))
+            .unwrap_or_else(|| panic!("no hostPath volume for {host}"));
+        (name, &mounts[name])
+    };
+    let args = args(ds);
+
+    // --plugin-dir: the kubelet's directory, at the same path inside as on the host.
+    let plugin_dir = flag(&args, "--plugin-dir");
+    let (name, mount) = host_path_mount(&plugin_dir);
+    assert_eq!(mount["mountPath"].as_str(), Some(plugin_dir.as_str()), "plugin dir mount");
+    assert_eq!(volumes[name]["hostPath"]["type"].as_str(), Some("DirectoryOrCreate"), "plugin dir hostPath type");
+    assert_eq!(plugin_dir, "/var/lib/kubelet/device-plugins", "the kubelet's device-plugin directory");
+
+    // --host-root: the host's /, with the host's later mounts propagated.
+    let host_root = flag(&args, "--host-root");
+    let (_, mount) = host_path_mount("/");
+    assert_eq!(mount["mountPath"].as_str(), Some(host_root.as_str()), "--host-root is where / is mounted");
+    assert_eq!(mount["mountPropagation"].as_str(), Some("HostToContainer"), "host root mountPropagation");
+    assert_ne!(mount["readOnly"].as_bool(), Some(true), "nodeprep writes to the host's sysfs");
+
+    let (_, mount) = host_path_mount("/dev");
+    assert_eq!(mount["mountPath"].as_str(), Some("/dev"));
+}
+
+// ---- the DaemonSet: port, probes, security, scheduling ---------------------------------------
+
+/// A probe's port, resolving a named port to its containerPort.
+fn probe_port(c: &Value, probe: &Value, what: &str) -> i64 {
+    let port = &probe["httpGet"]["port"];
+    match port.as_str() {
+        Some(name) => seq(&c["ports"], "ports")
+            .iter()
+            .find(|p| p["name"].as_str() == Some(name))
+            .map(|p| int(&p["containerPort"], "containerPort"))
+            .unwrap_or_else(|| panic!("{what}: port {name:?} is not a declared container port")),
+        None => int(port, what),
+    }
+}
+
+#[test]
+fn the_listen_port_is_the_probes_and_a_container_port() {
+    let docs = objects();
+    let ds = one(&docs, "DaemonSet");
+    let c = container(ds);
+    let listen = flag(&args(ds), "--listen");
+    let (host, port) = listen.rsplit_once(':').unwrap_or_else(|| panic!("--listen {listen}: no port"));
+    assert_eq!(host, "0.0.0.0", "--listen must take every address: the kubelet probes the node's IP");
+    let port: i64 = port.parse().unwrap_or_else(|e| panic!("--listen {listen}: {e}"));
+    assert_eq!(port, 9437, "the agent's port");
+
+    let declared: Vec<i64> =
+        seq(&c["ports"], "ports").iter().map(|p| int(&p["containerPort"], "containerPort")).collect();
+    assert!(declared.contains(&port), "--listen port {port} is not a containerPort ({declared:?})");
+
+    for (kind, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let probe = &c[kind];
+        assert_eq!(probe["httpGet"]["path"].as_str(), Some(path), "{kind} path");
+        assert_eq!(probe_port(c, probe, kind), port, "{kind} port != --listen port");
+        // Kubernetes defaults: period 10, timeout 1.
+        let period = probe["periodSeconds"].as_i64().unwrap_or(10);
+        let timeout = probe["timeoutSeconds"].as_i64().unwrap_or(1);
+        assert!(period > timeout, "{kind}: periodSeconds {period} must exceed timeoutSeconds {timeout}");
+    }
+}
+
+#[test]
+fn the_agent_runs_privileged_on_the_host_network_and_knows_its_node() {
+    let docs = objects();
+    let ds = one(&docs, "DaemonSet");
+    let (pod, c) = (pod_spec(ds), container(ds));
+    assert_eq!(c["securityContext"]["privileged"].as_bool(), Some(true), "privileged");
+    // proc/net/* (default route, addresses: what keeps nodeprep off the host's NIC) is read in the
+    // reader's own network namespace.
+    assert_eq!(pod["hostNetwork"].as_bool(), Some(true), "hostNetwork");
+    assert_eq!(pod["dnsPolicy"].as_str(), Some("ClusterFirstWithHostNet"), "dnsPolicy with hostNetwork");
+    assert_ne!(pod["hostPID"].as_bool(), Some(true), "hostPID is not needed");
+    assert_eq!(pod["priorityClassName"].as_str(), Some("system-node-critical"));
+
+    let env = seq(&c["env"], "env");
+    let node_name = env.iter().find(|e| e["name"].as_str() == Some("NODE_NAME")).expect("NODE_NAME in env");
+    assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"].as_str(), Some("spec.nodeName"), "NODE_NAME source");
+
+    let tolerations = seq(&pod["tolerations"], "tolerations");
+    for effect in ["NoSchedule", "NoExecute"] {
+        assert!(
+            tolerations.iter().any(|t| t["operator"].as_str() == Some("Exists")
+                && t["key"].is_null()
+                && t["effect"].as_str() == Some(effect)),
+            "no toleration of every {effect} taint"
+        );
+    }
+    assert_eq!(pod["nodeSelector"]["node-role.kubernetes.io/worker"].as_str(), Some(""), "worker nodeSelector");
+
+    let strategy = &ds.value["spec"]["updateStrategy"];
+    assert_eq!(strategy["type"].as_str(), Some("RollingUpdate"));
+    assert_eq!(strategy["rollingUpdate"]["maxUnavailable"].as_i64(), Some(1));
+    assert_eq!(pod["terminationGracePeriodSeconds"].as_i64(), Some(30));
+
+    let res = &c["resources"];
+    for key in ["cpu", "memory"] {
+        assert!(res["requests"][key].is_string(), "resources.requests.{key}");
+    }
+    assert!(res["limits"]["memory"].is_string(), "resources.limits.memory");
+}
+
+/// The DaemonSet's arguments are ones the binary accepts: with `--help` appended, clap parses
+/// every flag before it (an unknown flag or a bad value is an error) and then prints help.
+#[test]
+fn the_binary_accepts_the_daemonset_arguments() {
+    let docs = objects();
+    let mut args = args(one(&docs, "DaemonSet"));
+    assert!(args.iter().any(|a| a == "run"), "the DaemonSet runs `nodeprep run`: {args:?}");
+    args.push("--help".into());
+    let out = Command::new(env!("CARGO_BIN_EXE_nodeprep")).args(&args).output().expect("run nodeprep");
+    assert!(out.status.success(), "nodeprep {} refused the DaemonSet's arguments:\n{}", args.join(" "), stderr(&out));
+}
+
+// ---- the config: as shipped, and every example uncommented ----------------------------------
+
+fn shipped_config() -> String {
+    let docs = objects();
+    let cm = find(&docs, "ConfigMap", CONFIG_MAP).expect("config map");
+    text(&cm.value["data"][CONFIG_KEY], "config.yaml").to_owned()
+}
+
+fn config_check(config: &str, host_root: Option<&Path>) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join(CONFIG_KEY);
+    std::fs::write(&file, config).expect("write config");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nodeprep"));
+    if let Some(root) = host_root {
+        cmd.arg("--host-root").arg(root);
+    }
+    cmd.arg("config").arg("check").arg(&file).output().expect("run nodeprep config check")
+}
+
+#[test]
+fn the_shipped_config_is_valid_and_selects_nothing() {
+    let config = shipped_config();
+    let out = config_check(&config, None);
+    assert!(
+        out.status.success(),
+        "nodeprep config check refused the shipped config:\n{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("valid, 0 entries"), "{}", stdout(&out));
+    // Applying the manifests as shipped changes nothing on any node.
+    let parsed = nodeprep::config::Config::parse(&config).expect("parse");
+    assert!(parsed.entries.is_empty() && parsed.counted.is_empty(), "the shipped config is active: {parsed:?}");
+}
+
+/// The config with every example line (`# ...`) uncommented; explanations (`## ...`) stay.
+fn uncommented(config: &str) -> String {
+    config
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest) => rest,
+            None if l == "#" => "",
+            None => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_config_examples_are_valid_once_uncommented() {
+    let config = uncommented(&shipped_config());
+    let parsed =
+        nodeprep::config::Config::parse(&config).unwrap_or_else(|e| panic!("examples refused: {e:?}\n{config}"));
+    let gpu = &parsed.entries[0];
+    assert_eq!(gpu.name.0, "pciHostDevices[0]");
+    assert!(gpu.external_resource_provider, "the KubeVirt example sets externalResourceProvider");
+    assert_eq!(gpu.resource_name.as_deref(), Some("nvidia.com/TU104GL_Tesla_T4"));
+    assert_eq!(parsed.entries[1].name.0, "devices[0]");
+    assert_eq!(parsed.entries.len(), 2);
+    assert_eq!(parsed.counted.len(), 1);
+    assert_eq!(parsed.counted[0].resource_name, "kata.peerpods.io/vm");
+
+    // On a machine with a T4 and C62x QAT VFs, each example takes what it says.
+    use support::machines::intel::*;
+    let host = support::intel_gpu_server();
+    let out = config_check(&config, Some(host.root()));
+    let text = stdout(&out);
+    assert!(out.status.success(), "config check refused the examples on the intel fixture:\n{text}{}", stderr(&out));
+    assert!(text.contains(&format!("{GPU_A} as nvidia.com/TU104GL_Tesla_T4")), "{text}");
+    for vf in QAT_VFS {
+        assert!(text.contains(&format!("{vf} as intel.com/qat_vf")), "{text}");
+    }
+}
+
+// ---- the image -------------------------------------------------------------------------------
+
+/// The Containerfile's instructions, one per logical line (continuations joined).
+fn containerfile() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Containerfile"))
+        .expect("read Containerfile");
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if current.is_empty() && (t.is_empty() || t.starts_with('#')) {
+            continue;
+        }
+        if let Some(body) = t.strip_suffix('\\') {
+            current.push_str(body);
+            current.push(' ');
+            continue;
+        }
+        current.push_str(t);
+        let (op, rest) = current.split_once(char::is_whitespace).unwrap_or((&current, ""));
+        out.push((op.to_ascii_uppercase(), rest.trim().to_owned()));
+        current.clear();
+    }
+    out
+}
+
+#[test]
+fn the_image_entrypoint_is_what_the_daemonset_runs() {
+    let instructions = containerfile();
+    let last_from = instructions.iter().rposition(|(op, _)| op == "FROM").expect("a FROM");
+    let final_stage = &instructions[last_from..];
+
+    let entrypoints: Vec<&String> = final_stage.iter().filter(|(op, _)| op == "ENTRYPOINT").map(|(_, r)| r).collect();
+    assert_eq!(entrypoints.len(), 1, "one ENTRYPOINT in the final stage");
+    // Exec form: no shell in a distroless image, and signals reach nodeprep directly.
+    let entrypoint: Vec<String> = serde_json::from_str(entrypoints[0]).expect("ENTRYPOINT in JSON (exec) form");
+    assert_eq!(
+        entrypoint,
+        ["/usr/bin/nodeprep"],
+        "the entrypoint is the binary alone; the DaemonSet passes the arguments"
+    );
+
+    // The binary is copied to exactly that path from the build stage.
+    let copied = final_stage.iter().any(|(op, rest)| {
+        op == "COPY" && rest.starts_with("--from=") && rest.split_whitespace().last() == Some(entrypoint[0].as_str())
+    });
+    assert!(copied, "the final stage does not COPY the binary to {}", entrypoint[0]);
+    let build = instructions[..last_from]
+        .iter()
+        .find(|(op, r)| op == "RUN" && r.contains("cargo build"))
+        .expect("a cargo build");
+    for needle in ["--release", "--locked", "+crt-static", "--target x86_64-unknown-linux-gnu"] {
+        assert!(build.1.contains(needle), "the build step lacks {needle}: {}", build.1);
+    }
+
+    // The DaemonSet sets no command, so the entrypoint runs with its args.
+    let docs = objects();
+    let c = container(one(&docs, "DaemonSet"));
+    assert!(c["command"].is_null(), "the DaemonSet overrides the image's entrypoint: {:?}", c["command"]);
+    assert!(c["image"].as_str().is_some_and(|i| i.contains("nodeprep")), "image {:?}", c["image"]);
+}
