@@ -1097,3 +1097,38 @@ fn two_entries_claiming_one_device_on_the_host_are_refused_naming_both() {
     assert!(stderr(&out).contains("claimed by both devices[0] and devices[1]"), "{}", stderr(&out));
     assert_eq!(snapshot(t.root()), before);
 }
+
+/// A `drivers` selector names the driver devices have before nodeprep binds them; once bound,
+/// they must keep matching (by the driver recorded in the state file), or they would stop being
+/// advertised and the next plan would drop them.
+#[test]
+fn a_drivers_selector_keeps_matching_devices_nodeprep_bound() {
+    const BY_DRIVER: &str = "devices:\n  - resourceName: intel.com/qat_vf\n    selectors: {drivers: [\"c6xxvf\"]}\n";
+    let t = machines::intel_gpu_server();
+    let root = host(&t);
+    let mut sim = KernelSim::new(&t);
+    let config = Config::parse(BY_DRIVER).expect("valid");
+    let (_, outcomes) = bind::bind_per_config(&root, &config, &mut sim).expect("bind");
+    assert_eq!(outcomes.iter().filter(|o| o.outcome == "bound").count(), 4, "{outcomes:?}");
+    for vf in intel::QAT_VFS {
+        assert_eq!(driver(&t, vf).as_deref(), Some("vfio-pci"));
+    }
+
+    // The next plan still selects all four, now with nothing to do.
+    let again = bind::plan_for(&root, &config).expect("plan");
+    let kept: Vec<String> =
+        again.devices.iter().filter(|d| d.action == Action::AlreadyBound).map(|d| d.address.to_string()).collect();
+    assert_eq!(kept, intel::QAT_VFS.to_vec(), "{again}");
+
+    // And the device plugins still advertise them, healthy.
+    let inv = pci::discover(&root).expect("discover");
+    let original = State::load(&root).expect("state").original_drivers();
+    let devices = nodeprep::deviceplugin::monitor::devices_for(&inv, &config, &original).expect("claims");
+    let qat = &devices["intel.com/qat_vf"];
+    assert_eq!(qat.len(), 4);
+    assert!(qat.iter().all(|d| d.healthy), "{qat:?}");
+    // Without the records the selector would match nothing: the reason for them.
+    assert!(
+        nodeprep::deviceplugin::monitor::devices_for(&inv, &config, &Default::default()).expect("claims").is_empty()
+    );
+}

@@ -38,9 +38,15 @@ pub enum BindError {
 /// Reads the host and plans binding per config: discovery, the config's claims, the kubelet's
 /// allocations, whether vfio-pci is loaded.
 pub fn plan_for(root: &HostRoot, config: &Config) -> Result<BindPlan, BindError> {
+    plan_with(root, config, &State::load(root)?)
+}
+
+/// [`plan_for`] with nodeprep's records already read: a `drivers` selector matches what a
+/// device had before nodeprep bound it.
+fn plan_with(root: &HostRoot, config: &Config, state: &State) -> Result<BindPlan, BindError> {
     let inv =
         host::pci::discover(root).map_err(|source| BindError::Discover { root: root.path().to_owned(), source })?;
-    let claims = config.claims(&inv).map_err(BindError::Claims)?;
+    let claims = config.claims_with(&inv, &state.original_drivers()).map_err(BindError::Claims)?;
     let allocations = host::kubelet::read_allocations(root).map_err(BindError::Allocations)?;
     let vfio_loaded = root.join("sys/bus/pci/drivers/vfio-pci").exists();
     Ok(plan_bind(&inv, config, &claims, &allocations, vfio_loaded))
@@ -52,8 +58,8 @@ pub fn bind_per_config<K: Kernel>(
     config: &Config,
     kernel: &mut K,
 ) -> Result<(BindPlan, Vec<DeviceOutcome>), BindError> {
-    let plan = plan_for(root, config)?;
     let mut state = State::load(root)?;
+    let plan = plan_with(root, config, &state)?;
     let outcomes = Applier::new(root, kernel).apply_bind(&plan, &mut state)?;
     Ok((plan, outcomes))
 }

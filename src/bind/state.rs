@@ -97,6 +97,11 @@ impl State {
         Ok(())
     }
 
+    /// The driver each recorded device had before nodeprep bound it.
+    pub fn original_drivers(&self) -> crate::config::OriginalDrivers {
+        self.devices.iter().map(|(a, r)| (*a, r.original_driver.clone())).collect()
+    }
+
     /// Records a device unless it is already recorded (the first record wins).
     pub fn record(&mut self, address: PciAddress, record: Record) -> bool {
         if self.devices.contains_key(&address) {

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::model::{PciAddress, PciDevice, PciInventory};
-pub use selector::{PfName, Selector};
+pub use selector::{OriginalDrivers, PfName, Selector};
 
 /// Why a config was refused.
 #[derive(Debug, thiserror::Error)]
@@ -390,11 +390,17 @@ impl Config {
     /// Pure: the devices each entry takes on this host, with their resource names. A device
     /// two entries both take is a problem: the whole config is refused.
     pub fn claims(&self, inv: &PciInventory) -> Result<Vec<Claim>, Vec<String>> {
+        self.claims_with(inv, &OriginalDrivers::new())
+    }
+
+    /// Pure: [`Config::claims`], with the drivers devices had before nodeprep bound them (so
+    /// a `drivers` selector keeps matching a device it moved to vfio-pci).
+    pub fn claims_with(&self, inv: &PciInventory, original: &OriginalDrivers) -> Result<Vec<Claim>, Vec<String>> {
         let mut claims: Vec<Claim> = Vec::new();
         let mut problems = Vec::new();
         let mut owner: BTreeMap<PciAddress, usize> = BTreeMap::new();
         for (i, e) in self.entries.iter().enumerate() {
-            for d in inv.devices.iter().filter(|d| e.selector.matches(d, inv)) {
+            for d in inv.devices.iter().filter(|d| e.selector.matches_with(d, inv, original)) {
                 if let Some(first) = owner.insert(d.address, i) {
                     problems.push(format!(
                         "{} is claimed by both {} and {}: narrow one of the selectors",

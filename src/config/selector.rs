@@ -6,7 +6,14 @@
 //! `pciAddresses`, `pfNames` with VF ranges like `ens1f0#0-7`, `numaNodes`). Within one selector
 //! every given list must match (AND); within a list any value may match (OR).
 
+use std::collections::BTreeMap;
+
 use crate::model::{PciAddress, PciDevice, PciInventory};
+
+/// The drivers devices had before nodeprep moved them to vfio-pci (from its state file). A
+/// `drivers` selector matches a device's current driver or this one, so a device does not stop
+/// matching its entry once nodeprep has bound it.
+pub type OriginalDrivers = BTreeMap<PciAddress, Option<String>>;
 
 /// A parsed, validated selector.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -93,6 +100,11 @@ impl Selector {
 
     /// Pure: does the device match? `inv` resolves `pfNames` (a VF's PF and its interfaces).
     pub fn matches(&self, d: &PciDevice, inv: &PciInventory) -> bool {
+        self.matches_with(d, inv, &OriginalDrivers::new())
+    }
+
+    /// Pure: [`Selector::matches`], with the drivers devices had before nodeprep bound them.
+    pub fn matches_with(&self, d: &PciDevice, inv: &PciInventory, original: &OriginalDrivers) -> bool {
         if !self.vendors.is_empty() && !d.vendor_id.is_some_and(|v| self.vendors.contains(&v)) {
             return false;
         }
@@ -105,8 +117,11 @@ impl Selector {
                 return false;
             }
         }
-        if !self.drivers.is_empty() && !d.driver.as_ref().is_some_and(|drv| self.drivers.contains(drv)) {
-            return false;
+        if !self.drivers.is_empty() {
+            let before = original.get(&d.address).and_then(|o| o.as_ref());
+            if !d.driver.iter().chain(before).any(|drv| self.drivers.contains(drv)) {
+                return false;
+            }
         }
         if !self.addresses.is_empty() && !self.addresses.contains(&d.address) {
             return false;
@@ -148,6 +163,19 @@ mod tests {
         assert!(parse_pf_name("ens1f0#7-0").is_err());
         assert!(parse_pf_name("ens1f0#a-b").is_err());
         assert!(parse_pf_name("#1").is_err());
+    }
+
+    #[test]
+    fn drivers_match_the_original_driver_of_a_device_nodeprep_bound() {
+        let a: PciAddress = "0000:5e:01.0".parse().expect("addr");
+        let d = PciDevice { address: a, driver: Some("vfio-pci".into()), ..Default::default() };
+        let inv = PciInventory::default();
+        let s = Selector { drivers: vec!["c6xxvf".into()], ..Default::default() };
+        assert!(!s.matches(&d, &inv), "on vfio-pci, not c6xxvf");
+        let original: OriginalDrivers = [(a, Some("c6xxvf".to_owned()))].into_iter().collect();
+        assert!(s.matches_with(&d, &inv, &original), "nodeprep moved it from c6xxvf");
+        let vfio = Selector { drivers: vec!["vfio-pci".into()], ..Default::default() };
+        assert!(vfio.matches_with(&d, &inv, &original), "the current driver still matches");
     }
 
     #[test]

@@ -110,8 +110,12 @@ pub fn rescan_delay(interval: Duration, jitter: Duration, random: u64) -> Durati
 
 /// Pure: the devices the config gives each resource on this inventory; the problems when the
 /// config's entries claim a device twice.
-pub fn devices_for(inv: &PciInventory, config: &Config) -> Result<ResourceDevices, Vec<String>> {
-    config.claims(inv).map(|claims| resource_devices(inv, &claims))
+pub fn devices_for(
+    inv: &PciInventory,
+    config: &Config,
+    original: &crate::config::OriginalDrivers,
+) -> Result<ResourceDevices, Vec<String>> {
+    config.claims_with(inv, original).map(|claims| resource_devices(inv, &claims))
 }
 
 /// Counters for `/metrics`. Every field only grows, except `last_scan_micros`.
@@ -382,7 +386,15 @@ fn scan(root: &HostRoot, config: &Config, last: Option<Arc<PciInventory>>) -> Sc
         Ok(inv) => (Some(Arc::new(inv)), None),
         Err(e) => (last, Some(e.to_string())),
     };
-    let devices = inventory.as_deref().map(|inv| devices_for(inv, config));
+    // What nodeprep bound keeps matching `drivers` selectors by the driver it had before.
+    let original = match crate::bind::State::load(root) {
+        Ok(s) => s.original_drivers(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read nodeprep's binding records; drivers selectors see current drivers only");
+            Default::default()
+        }
+    };
+    let devices = inventory.as_deref().map(|inv| devices_for(inv, config, &original));
     ScanOutcome { inventory, error, devices }
 }
 
