@@ -11,8 +11,9 @@
 //!   uevents because the receive buffer was full, the next read fails with `ENOBUFS`: the socket
 //!   then reports [`Received::Overflow`] and the caller must rescan, because it missed events.
 //!
-//! uevents reach the sockets of the initial network namespace: in a pod, nodeprep needs
-//! `hostNetwork: true` to see them.
+//! Since Linux 4.18 the kernel sends uevents to every network namespace owned by the initial
+//! user namespace, so an ordinary pod receives them too. (The DaemonSet still runs with
+//! `hostNetwork: true`, for the default-route and address checks that read `proc/net`.)
 
 use std::collections::BTreeMap;
 use std::io;
