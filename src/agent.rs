@@ -72,18 +72,22 @@ fn bind_per_config(root: &HostRoot, config: &Config, observer: &Observer) {
     }
 }
 
-/// Computes the node labels from a fresh host check and logs them. Applying them to the Node
-/// object (server-side apply) is the agent's cluster side; without it they are only logged. A
-/// failed check logs nothing new: a partial scan must never drop labels.
-fn log_labels(root: &HostRoot, ready: bool) {
-    let (facts, inv) = match (crate::host::system::read_system(root), crate::host::pci::discover(root)) {
-        (Ok(f), Ok(i)) => (f, i),
-        (Err(e), _) | (_, Err(e)) => {
+/// Computes the node labels from the host facts and the monitor's inventory, and logs them.
+/// Applying them to the Node object (server-side apply) is the agent's cluster side; without it
+/// they are only logged. A failed check logs nothing new: a partial scan must never drop labels.
+fn log_labels(root: &HostRoot, inv: Option<&crate::model::PciInventory>, ready: bool) {
+    let Some(inv) = inv else {
+        tracing::warn!("no PCI inventory yet; node labels left as they are");
+        return;
+    };
+    let facts = match crate::host::system::read_system(root) {
+        Ok(f) => f,
+        Err(e) => {
             tracing::warn!(error = %e, "host check failed; node labels left as they are");
             return;
         }
     };
-    let report = crate::eligibility::evaluate(&facts, &inv);
+    let report = crate::eligibility::evaluate(&facts, inv);
     let labels =
         crate::labels::desired(crate::labels::LabelInputs { report: &report, facts: &facts, ready, manage_kata: true });
     let shown: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -164,8 +168,8 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     tracing::info!(plugins = handle.status().len(), dir = %handle.plugin_dir().display(), "device plugins serving");
     observer.set_plugins(handle.status());
     {
-        let (root, ready) = (opts.root.clone(), handle.status().iter().all(|s| s.registered));
-        let _ = tokio::task::spawn_blocking(move || log_labels(&root, ready)).await;
+        let (root, ready, inv) = (opts.root.clone(), handle.status().iter().all(|s| s.registered), monitor.inventory());
+        let _ = tokio::task::spawn_blocking(move || log_labels(&root, inv.as_deref(), ready)).await;
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);

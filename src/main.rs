@@ -230,7 +230,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("nodeprep: {e:#}");
+            eprintln!("nodeprep: {}", error_text(&e));
             ExitCode::from(EXIT_ERROR)
         }
     }
@@ -240,8 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let root = HostRoot::new(&cli.host_root);
     match cli.command {
         Command::Scan { output } => {
-            let inv = host::pci::discover(&root)
-                .with_context(|| format!("cannot discover PCI devices under host root {}", root.path().display()))?;
+            let inv = discover(&root)?;
             let text = match output {
                 Format::Text => nodeprep::render::scan::render(&inv),
                 Format::Json => serde_json::to_string_pretty(&inv.devices)? + "\n",
@@ -251,10 +250,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { output, require } => {
-            let inv = host::pci::discover(&root)
-                .with_context(|| format!("cannot discover PCI devices under host root {}", root.path().display()))?;
-            let facts = host::system::read_system(&root)
-                .with_context(|| format!("cannot read host facts under host root {}", root.path().display()))?;
+            let inv = discover(&root)?;
+            let facts = host::system::read_system(&root).with_context(|| {
+                format!(
+                    "cannot read host facts under host root {} (is --host-root the host's /?)",
+                    root.path().display()
+                )
+            })?;
             let report = eligibility::evaluate(&facts, &inv);
             let text = match output {
                 Format::Text => nodeprep::render::check::render(&report),
@@ -314,6 +316,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The error and its causes, each once: the library's errors already include their source in
+/// their own message, so a cause already shown is not repeated.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&c);
+        }
+    }
+    text
+}
+
+/// Discovers the host's PCI devices; a failure names the host root, the likeliest mistake.
+fn discover(root: &HostRoot) -> anyhow::Result<nodeprep::model::PciInventory> {
+    host::pci::discover(root).with_context(|| {
+        format!("cannot discover PCI devices under host root {} (is --host-root the host's /?)", root.path().display())
+    })
 }
 
 fn run_config_check(root: &HostRoot, file: &std::path::Path) -> anyhow::Result<ExitCode> {
@@ -409,8 +434,7 @@ fn run_bind(root: &HostRoot, args: BindArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_unbind(root: &HostRoot, only: &[PciAddress], dry_run: bool, output: Format) -> anyhow::Result<ExitCode> {
-    let inv = host::pci::discover(root)
-        .with_context(|| format!("cannot discover PCI devices under host root {}", root.path().display()))?;
+    let inv = discover(root)?;
     let allocations =
         host::kubelet::read_allocations(root).context("cannot tell which devices pods hold; nothing changed")?;
     let mut state = State::load(root)?;

@@ -191,7 +191,7 @@ impl<'a, K: Kernel> Applier<'a, K> {
 
     /// vfio-pci's driver directory exists, loading the module when it does not.
     pub fn ensure_vfio(&mut self) -> Result<(), ApplyError> {
-        let drv = self.root.join("sys/bus/pci/drivers/vfio-pci");
+        let drv = self.root.join(crate::model::pci::VFIO_PCI_DRIVER_DIR);
         if drv.exists() {
             return Ok(());
         }

@@ -19,7 +19,7 @@ use crate::host::{self, HostError, HostRoot};
 /// Why binding per config could not start (nothing was changed).
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("cannot discover PCI devices under host root {root}: {source}")]
+    #[error("cannot discover PCI devices under host root {root} (is --host-root the host's /?): {source}")]
     Discover {
         root: std::path::PathBuf,
         #[source]
@@ -48,7 +48,7 @@ fn plan_with(root: &HostRoot, config: &Config, state: &State) -> Result<BindPlan
         host::pci::discover(root).map_err(|source| BindError::Discover { root: root.path().to_owned(), source })?;
     let claims = config.claims_with(&inv, &state.original_drivers()).map_err(BindError::Claims)?;
     let allocations = host::kubelet::read_allocations(root).map_err(BindError::Allocations)?;
-    let vfio_loaded = root.join("sys/bus/pci/drivers/vfio-pci").exists();
+    let vfio_loaded = root.join(crate::model::pci::VFIO_PCI_DRIVER_DIR).exists();
     Ok(plan_bind(&inv, config, &claims, &allocations, vfio_loaded))
 }
 

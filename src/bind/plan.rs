@@ -21,7 +21,7 @@ use crate::host::kubelet::Allocation;
 use crate::model::{PciAddress, PciDevice, PciInventory};
 
 /// The driver nodeprep binds to.
-pub const VFIO_PCI: &str = "vfio-pci";
+pub use crate::model::pci::VFIO_PCI;
 
 /// What happens to one device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

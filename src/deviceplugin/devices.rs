@@ -8,7 +8,7 @@ use crate::config::Claim;
 use crate::model::{PciAddress, PciInventory};
 
 /// The driver a device must be on to be usable.
-pub const VFIO_PCI: &str = "vfio-pci";
+pub use crate::model::pci::VFIO_PCI;
 
 /// One device of a resource, as the kubelet will see it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -230,6 +230,11 @@ impl Monitor {
         (m, rx)
     }
 
+    /// The inventory of the last good scan (none when every scan so far failed).
+    pub fn inventory(&self) -> Option<Arc<PciInventory>> {
+        self.last.clone()
+    }
+
     /// The counters; shared, they stay live while the monitor runs.
     pub fn stats(&self) -> Arc<MonitorStats> {
         self.stats.clone()

@@ -413,7 +413,7 @@ fn read_nested(root: &HostRoot, w: &mut Warnings) -> Option<NestedVirt> {
 
 fn read_vfio(root: &HostRoot, release: Option<&str>, modules: &ModuleFacts, w: &mut Warnings) -> VfioFacts {
     VfioFacts {
-        pci_loaded: modules.present("vfio_pci") || root.join("sys/bus/pci/drivers/vfio-pci").is_dir(),
+        pci_loaded: modules.present("vfio_pci") || root.join(crate::model::pci::VFIO_PCI_DRIVER_DIR).is_dir(),
         pci_loadable: vfio_pci_loadable(root, release, w),
         container_device: root.exists("dev/vfio/vfio"),
         iommufd_device: root.exists("dev/iommu"),

@@ -4,6 +4,12 @@ use serde::{Deserialize, Serialize};
 
 use super::address::PciAddress;
 
+/// The driver VMs and DPDK need devices on.
+pub const VFIO_PCI: &str = "vfio-pci";
+
+/// The sysfs directory that exists once the vfio-pci driver is loaded (under the host root).
+pub const VFIO_PCI_DRIVER_DIR: &str = "sys/bus/pci/drivers/vfio-pci";
+
 /// PCI class code of a PCI-to-PCI bridge (base class 06, subclass 04): bridges may share an
 /// IOMMU group with endpoints without making the group unusable for passthrough.
 pub fn is_bridge_class(class_id: u32) -> bool {
