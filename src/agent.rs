@@ -4,8 +4,13 @@
 //! volume swaps its `..data` symlink: the config's directory is watched), kubelet restarts
 //! (through the plugin manager), with a slow periodic rescan as the safety net.
 //!
-//! A config that fails validation is logged and the last good one keeps running. Node labels
-//! and the Kubernetes API come with the agent's cluster side.
+//! A config that fails validation is logged and the last good one keeps running.
+//!
+//! With a cluster, the node labels are kept on the Node by [`crate::cluster::node`] and every
+//! bind outcome is posted as an Event; without one, the same loop logs the labels it would
+//! apply. Labels are recomputed when their inputs change: the config, the plugins' registration,
+//! the bind result, and the periodic resync (a fresh scan). A host that cannot be read leaves
+//! them as they are; a partial read may add labels but never removes one.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -16,10 +21,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::bind::{self, HostKernel};
+use crate::cluster::ApiStats;
+use crate::cluster::events::{NodeEvent, Recorder};
+use crate::cluster::labels::Desired;
+use crate::cluster::node::{self, LabelStatus, LabelerOptions};
 use crate::config::Config;
 use crate::deviceplugin::manager::{Manager, ManagerOptions, ResourceSpec};
-use crate::deviceplugin::monitor::{Monitor, MonitorOptions, RescanHandle};
+use crate::deviceplugin::monitor::{Monitor, MonitorOptions};
+use crate::eligibility::EligibilityReport;
 use crate::host::{HostRoot, inotify::DirWatcher};
+use crate::model::PciInventory;
+use crate::model::system::SystemFacts;
 use crate::observe::{self, Observer};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,45 +65,111 @@ pub struct AgentOptions {
     pub rescan_interval: Duration,
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     pub listen: std::net::SocketAddr,
+    /// The Kubernetes API; `None`: no cluster, labels are only logged.
+    pub cluster: Option<ClusterOptions>,
 }
 
-/// Binds what the config selects; logs every outcome. Errors are logged, never fatal: the
-/// plugins then report the affected devices unhealthy.
-fn bind_per_config(root: &HostRoot, config: &Config, observer: &Observer) {
+/// The agent's connection to the Kubernetes API.
+#[derive(Clone)]
+pub struct ClusterOptions {
+    pub client: kube::Client,
+    /// The node name, deadlines and backoff.
+    pub labeler: LabelerOptions,
+}
+
+impl std::fmt::Debug for ClusterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterOptions").field("labeler", &self.labeler).finish_non_exhaustive()
+    }
+}
+
+/// Binds what the config selects; logs every outcome and posts it as an Event. Errors are
+/// logged, never fatal: the plugins then report the affected devices unhealthy. Returns whether
+/// the bind went through without a failed device (refusals are policy, not failures).
+fn bind_per_config(root: &HostRoot, config: &Config, observer: &Observer, events: &Recorder) -> bool {
     match bind::bind_per_config(root, config, &mut HostKernel::new(root)) {
         Ok((_, outcomes)) => {
             observer.record_bind(&outcomes);
+            events.record_outcomes(&outcomes);
+            let failed = outcomes.iter().any(|o| matches!(o.outcome.as_str(), "failed" | "rolled-back"));
             for o in outcomes {
                 match o.detail {
                     Some(d) => tracing::warn!(device = %o.address, outcome = %o.outcome, detail = %d, "bind"),
                     None => tracing::info!(device = %o.address, outcome = %o.outcome, "bind"),
                 }
             }
+            !failed
         }
-        Err(e) => tracing::error!(error = %e, "binding per config failed; devices stay as they are"),
+        Err(e) => {
+            tracing::error!(error = %e, "binding per config failed; devices stay as they are");
+            events.record("bind", NodeEvent::warning("BindFailed", format!("binding per config failed: {e}")));
+            false
+        }
     }
 }
 
-/// Computes the node labels from the host facts and the monitor's inventory, and logs them.
-/// Applying them to the Node object (server-side apply) is the agent's cluster side; without it
-/// they are only logged. A failed check logs nothing new: a partial scan must never drop labels.
-fn log_labels(root: &HostRoot, inv: Option<&crate::model::PciInventory>, ready: bool) {
-    let Some(inv) = inv else {
-        tracing::warn!("no PCI inventory yet; node labels left as they are");
-        return;
+/// What the labels are computed from: one look at the host.
+#[derive(Debug, Clone)]
+struct Assessment {
+    facts: SystemFacts,
+    report: EligibilityReport,
+    /// Something could not be read: labels may be added, none removed.
+    partial: bool,
+}
+
+/// Reads the host facts and evaluates them against `inv` (a fresh scan when `None`). `None`
+/// when the host cannot be read at all: the labels are then left as they are.
+fn assess(root: &HostRoot, inv: Option<Arc<PciInventory>>) -> Option<Assessment> {
+    let inv = match inv {
+        Some(inv) => inv,
+        None => match crate::host::pci::discover(root) {
+            Ok(inv) => Arc::new(inv),
+            Err(e) => {
+                tracing::warn!(error = %e, "PCI scan failed; node labels left as they are");
+                return None;
+            }
+        },
     };
     let facts = match crate::host::system::read_system(root) {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %e, "host check failed; node labels left as they are");
-            return;
+            return None;
         }
     };
-    let report = crate::eligibility::evaluate(&facts, inv);
+    let partial =
+        !facts.warnings.is_empty() || !inv.warnings.is_empty() || inv.devices.iter().any(|d| !d.warnings.is_empty());
+    let report = crate::eligibility::evaluate(&facts, &inv);
+    Some(Assessment { facts, report, partial })
+}
+
+async fn assess_blocking(root: &HostRoot, inv: Option<Arc<PciInventory>>) -> Option<Assessment> {
+    let root = root.clone();
+    tokio::task::spawn_blocking(move || assess(&root, inv)).await.ok().flatten()
+}
+
+/// Pure: the labels nodeprep wants from an assessment.
+fn desired_labels(a: &Assessment, ready: bool, manage_kata: bool) -> Desired {
     let labels =
-        crate::labels::desired(crate::labels::LabelInputs { report: &report, facts: &facts, ready, manage_kata: true });
-    let shown: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    tracing::info!(labels = %shown.join(","), "node labels nodeprep wants (not applied: no Kubernetes API connection)");
+        crate::labels::desired(crate::labels::LabelInputs { report: &a.report, facts: &a.facts, ready, manage_kata });
+    Desired { labels, complete: !a.partial }
+}
+
+/// Publishes the labels to the labeler (or, without a cluster, logs them) when they changed.
+fn publish_labels(tx: &watch::Sender<Option<Desired>>, desired: Desired, cluster: bool) {
+    let changed = tx.send_if_modified(|cur| {
+        if cur.as_ref() == Some(&desired) {
+            false
+        } else {
+            *cur = Some(desired.clone());
+            true
+        }
+    });
+    if changed && !cluster {
+        let shown: Vec<String> = desired.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        tracing::info!(labels = %shown.join(","), complete = desired.complete,
+            "node labels nodeprep wants (not applied: no Kubernetes API connection)");
+    }
 }
 
 fn counted_specs(config: &Config) -> Vec<ResourceSpec> {
@@ -101,12 +179,10 @@ fn counted_specs(config: &Config) -> Vec<ResourceSpec> {
 /// Watches the config's directory and publishes every new valid config; an invalid one is
 /// logged and ignored (the last good one keeps running).
 async fn watch_config(
-    root: HostRoot,
     path: PathBuf,
-    bind: bool,
     tx: watch::Sender<Arc<Config>>,
-    rescan: RescanHandle,
     observer: Observer,
+    events: Recorder,
 ) -> Result<(), AgentError> {
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     let mut watcher =
@@ -122,19 +198,23 @@ async fn watch_config(
             Ok(c) => {
                 tracing::info!(config = %path.display(), entries = c.entries.len(), "config reloaded");
                 observer.record_config_reload(true);
-                if bind {
-                    let (r, c2, o) = (root.clone(), c.clone(), observer.clone());
-                    let _ = tokio::task::spawn_blocking(move || bind_per_config(&r, &c2, &o)).await;
-                }
                 tx.send_replace(Arc::new(c));
-                rescan.rescan();
             }
             Err(e) => {
                 observer.record_config_reload(false);
                 tracing::error!(error = %e, "new config refused; the last good config keeps running");
+                events.record(
+                    "config",
+                    NodeEvent::warning("ConfigRefused", format!("{e}; the last good config keeps running")),
+                );
             }
         }
     }
+}
+
+/// The cluster side, when there is a cluster.
+struct Cluster {
+    status: watch::Receiver<LabelStatus>,
 }
 
 /// Runs the agent until `shutdown` resolves: then device-plugin streams get an empty list and
@@ -145,12 +225,46 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     let listener =
         TcpListener::bind(opts.listen).await.map_err(|source| AgentError::Listen { addr: opts.listen, source })?;
     let config = Config::load(&opts.config_path)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    // The cluster side starts first, so the first bind's Events are posted.
+    let api_stats = Arc::new(ApiStats::default());
+    observer.set_api(api_stats.clone());
+    let (desired_tx, desired_rx) = watch::channel::<Option<Desired>>(None);
+    let (events, cluster) = match &opts.cluster {
+        Some(c) => {
+            let recorder = Recorder::spawn(
+                c.client.clone(),
+                c.labeler.node_name.clone(),
+                api_stats.clone(),
+                c.labeler.request_timeout,
+            );
+            let (status_tx, status_rx) = watch::channel(LabelStatus::default());
+            tokio::spawn(node::run(
+                c.client.clone(),
+                c.labeler.clone(),
+                api_stats.clone(),
+                desired_rx,
+                status_tx,
+                stopped(stop_rx.clone()),
+            ));
+            (recorder, Some(Cluster { status: status_rx }))
+        }
+        None => (Recorder::disabled(), None),
+    };
+    observer.set_labels_required(cluster.is_some());
+
+    let mut bind_ok = true;
     if opts.bind {
-        let (r, c, o) = (opts.root.clone(), config.clone(), observer.clone());
-        let _ = tokio::task::spawn_blocking(move || bind_per_config(&r, &c, &o)).await;
+        let (r, c, o, e) = (opts.root.clone(), config.clone(), observer.clone(), events.clone());
+        bind_ok = tokio::task::spawn_blocking(move || bind_per_config(&r, &c, &o, &e)).await.unwrap_or(false);
     }
     let counted = counted_specs(&config);
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
+    let mut config_view = config_rx.clone();
     let monitor_opts = MonitorOptions { rescan_interval: Some(opts.rescan_interval), ..MonitorOptions::default() };
     let (monitor, devices) = Monitor::new(opts.root.clone(), config_rx, monitor_opts);
     let rescan = monitor.rescan_handle();
@@ -167,37 +281,70 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     let handle = Manager::new(mopts, devices)?.start().await?;
     tracing::info!(plugins = handle.status().len(), dir = %handle.plugin_dir().display(), "device plugins serving");
     observer.set_plugins(handle.status());
-    {
-        let (root, ready, inv) = (opts.root.clone(), handle.status().iter().all(|s| s.registered), monitor.inventory());
-        let _ = tokio::task::spawn_blocking(move || log_labels(&root, inv.as_deref(), ready)).await;
+
+    // Labels: from the monitor's first scan, then on every change of their inputs.
+    let plugins_registered = |h: &crate::deviceplugin::manager::ManagerHandle| h.status().iter().all(|s| s.registered);
+    let mut ready = bind_ok && plugins_registered(&handle);
+    let mut assessment = assess_blocking(&opts.root, monitor.inventory()).await;
+    let manage_kata = |_c: &Config| true; // TODO(hugepages merge): c.node_labels.kata
+    if let Some(a) = &assessment {
+        publish_labels(&desired_tx, desired_labels(a, ready, manage_kata(&config_view.borrow())), cluster.is_some());
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let monitor_task = tokio::spawn(monitor.run(stopped(stop_rx.clone())));
-    let config_task = tokio::spawn(watch_config(
-        opts.root.clone(),
-        opts.config_path.clone(),
-        opts.bind,
-        config_tx,
-        rescan,
-        observer.clone(),
-    ));
+    let config_task = tokio::spawn(watch_config(opts.config_path.clone(), config_tx, observer.clone(), events.clone()));
     let http_task = tokio::spawn(observe::serve(listener, observer.clone(), stopped(stop_rx.clone())));
 
     // The loop's heartbeat (for /healthz) and the views /readyz and /metrics read.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut label_status = cluster.as_ref().map(|c| c.status.clone());
+    let mut resync = Box::pin(tokio::time::sleep(next_resync(opts.rescan_interval)));
     tokio::pin!(shutdown);
     loop {
+        let mut reassess = false;
         tokio::select! {
             () = &mut shutdown => break,
             _ = tick.tick() => {
                 observer.heartbeat();
                 observer.set_plugins(handle.status());
+                let now_ready = bind_ok && plugins_registered(&handle);
+                if now_ready != ready {
+                    ready = now_ready;
+                    if let Some(a) = &assessment {
+                        publish_labels(&desired_tx, desired_labels(a, ready, manage_kata(&config_view.borrow())), cluster.is_some());
+                    }
+                }
             }
             Ok(()) = devices_view.changed() => observer.set_devices(&devices_view.borrow_and_update()),
+            Ok(()) = config_view.changed() => {
+                let config = config_view.borrow_and_update().clone();
+                if opts.bind {
+                    let (r, o, e) = (opts.root.clone(), observer.clone(), events.clone());
+                    bind_ok = tokio::task::spawn_blocking(move || bind_per_config(&r, &config, &o, &e)).await.unwrap_or(false);
+                }
+                rescan.rescan();
+                reassess = true;
+            }
+            Some(applied) = async {
+                match label_status.as_mut() {
+                    Some(rx) => rx.changed().await.ok().map(|()| rx.borrow_and_update().applied),
+                    None => std::future::pending().await,
+                }
+            } => observer.set_labels_applied(applied),
+            () = &mut resync => {
+                resync.as_mut().reset(tokio::time::Instant::now() + next_resync(opts.rescan_interval));
+                reassess = true;
+            }
+        }
+        if reassess {
+            if let Some(a) = assess_blocking(&opts.root, None).await {
+                publish_labels(
+                    &desired_tx,
+                    desired_labels(&a, ready, manage_kata(&config_view.borrow())),
+                    cluster.is_some(),
+                );
+                assessment = Some(a);
+            }
         }
     }
     tracing::info!("shutting down: withdrawing devices and removing plugin sockets");
@@ -209,4 +356,13 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         Ok(Err(e)) => Err(AgentError::Monitor(e.to_string())),
         _ => Ok(()),
     }
+}
+
+/// The delay before the next label resync: the interval ± 10 %.
+fn next_resync(interval: Duration) -> Duration {
+    let random = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
+    crate::deviceplugin::monitor::rescan_delay(interval, interval / 5, random)
 }

@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod bind;
+pub mod cluster;
 pub mod config;
 pub mod deviceplugin;
 pub mod eligibility;

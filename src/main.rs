@@ -36,8 +36,18 @@ struct Cli {
     #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
     log_level: tracing::Level,
 
+    /// Log format: text (for people) or json (one object per line, for log collectors).
+    #[arg(long, global = true, default_value = "text", value_name = "FORMAT")]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -125,6 +135,17 @@ nodeprep run --config config.yaml --no-bind --log-level info")]
         /// Where to serve /healthz, /readyz and /metrics.
         #[arg(long, default_value = "0.0.0.0:9437", value_name = "ADDR")]
         listen: std::net::SocketAddr,
+        /// This node's name in the cluster (the DaemonSet sets NODE_NAME from the downward API;
+        /// default: the host name, as the kubelet's).
+        #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+        node_name: Option<String>,
+        /// The kubeconfig to use (default: KUBECONFIG, then the in-cluster service account,
+        /// then ~/.kube/config).
+        #[arg(long, value_name = "FILE", conflicts_with = "no_kube")]
+        kubeconfig: Option<PathBuf>,
+        /// Run without the Kubernetes API: labels are logged, not applied, and no Events posted.
+        #[arg(long)]
+        no_kube: bool,
     },
     /// Device-plugin tools.
     #[command(subcommand)]
@@ -221,12 +242,11 @@ enum Format {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_max_level(cli.log_level)
-        .with_target(false)
-        .init();
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(cli.log_level).with_target(false);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -276,16 +296,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bind { args } => run_bind(&root, args),
         Command::Unbind { addresses, dry_run, output } => run_unbind(&root, &addresses, dry_run, output),
         Command::Config(ConfigCommand::Check { file }) => run_config_check(&root, &file),
-        Command::Run { config, plugin_dir, no_bind, resync, listen } => {
-            let opts = nodeprep::agent::AgentOptions {
-                root: root.clone(),
-                config_path: config,
-                plugin_dir,
-                bind: !no_bind,
-                rescan_interval: std::time::Duration::from_secs(resync.max(1)),
-                listen,
-            };
+        Command::Run { config, plugin_dir, no_bind, resync, listen, node_name, kubeconfig, no_kube } => {
             runtime()?.block_on(async {
+                let cluster =
+                    if no_kube { None } else { cluster_options(&root, kubeconfig.as_deref(), node_name).await? };
+                let opts = nodeprep::agent::AgentOptions {
+                    root: root.clone(),
+                    config_path: config,
+                    plugin_dir,
+                    bind: !no_bind,
+                    rescan_interval: std::time::Duration::from_secs(resync.max(1)),
+                    listen,
+                    cluster,
+                };
                 nodeprep::agent::run(opts, terminated()).await?;
                 anyhow::Ok(())
             })?;
@@ -335,6 +358,34 @@ fn error_text(e: &anyhow::Error) -> String {
 }
 
 /// Discovers the host's PCI devices; a failure names the host root, the likeliest mistake.
+/// The cluster the agent talks to, if any (see `cluster::pick_source`), and its node name.
+async fn cluster_options(
+    root: &HostRoot,
+    kubeconfig: Option<&std::path::Path>,
+    node_name: Option<String>,
+) -> anyhow::Result<Option<nodeprep::agent::ClusterOptions>> {
+    use nodeprep::cluster;
+    let Some(source) = cluster::source_from_env(kubeconfig) else {
+        tracing::info!("no Kubernetes API found (no kubeconfig, not in a pod): labels are logged, not applied");
+        return Ok(None);
+    };
+    let client = cluster::connect(&source).await?;
+    let node_name = match node_name.filter(|n| !n.is_empty()) {
+        Some(n) => n,
+        None => {
+            let path = root.join("proc/sys/kernel/hostname");
+            let name = std::fs::read_to_string(&path).with_context(|| {
+                format!("no --node-name or NODE_NAME, and cannot read the host name from {}", path.display())
+            })?;
+            let name = name.trim().to_lowercase();
+            tracing::warn!(node = %name, "no --node-name or NODE_NAME: using the host name, as the kubelet does");
+            name
+        }
+    };
+    tracing::info!(%source, node = %node_name, "Kubernetes API connection");
+    Ok(Some(nodeprep::agent::ClusterOptions { client, labeler: cluster::node::LabelerOptions::new(node_name) }))
+}
+
 fn discover(root: &HostRoot) -> anyhow::Result<nodeprep::model::PciInventory> {
     host::pci::discover(root).with_context(|| {
         format!("cannot discover PCI devices under host root {} (is --host-root the host's /?)", root.path().display())

@@ -13,9 +13,8 @@
 //!   cannot take the file descriptors the device-plugin sockets need). Other paths get 404, other
 //!   methods on the three paths 405.
 //!
-//! Kubernetes API writes are counted in `nodeprep_api_writes_total`, always 0 until the agent's
-//! cluster side (node labels, Events) exists: the metric is there so dashboards do not change.
-//! `/readyz` will also require the node labels to be applied then.
+//! With a cluster, `/readyz` also requires the node labels to be applied, and the API traffic
+//! (requests, writes, failures) is counted.
 
 use std::collections::BTreeMap;
 use std::fmt::{Display, Write as _};
@@ -28,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::bind::DeviceOutcome;
+use crate::cluster::ApiStats;
 use crate::deviceplugin::PluginStatus;
 use crate::deviceplugin::devices::ResourceDevices;
 use crate::deviceplugin::monitor::{MonitorStats, StatsSnapshot};
@@ -105,8 +105,13 @@ pub struct AgentStatus {
     /// stream whose resource changed.
     pub listandwatch_updates: u64,
     pub config_reloads: ReloadCounts,
-    /// Kubernetes API writes (always 0 for now: the cluster side comes later).
+    /// Kubernetes API requests, writes among them, and failed ones.
+    pub api_requests: u64,
     pub api_writes: u64,
+    pub api_failures: u64,
+    /// The node labels: `None` without a cluster (nothing to apply), else whether the Node
+    /// carries them.
+    pub labels_applied: Option<bool>,
 }
 
 impl AgentStatus {
@@ -120,7 +125,10 @@ impl AgentStatus {
             monitor: StatsSnapshot::default(),
             listandwatch_updates: 0,
             config_reloads: ReloadCounts::default(),
+            api_requests: 0,
             api_writes: 0,
+            api_failures: 0,
+            labels_applied: None,
         }
     }
 }
@@ -133,6 +141,8 @@ struct Inner {
     binds: BindCounts,
     reloads: ReloadCounts,
     monitor: Option<Arc<MonitorStats>>,
+    api: Option<Arc<ApiStats>>,
+    labels_applied: Option<bool>,
 }
 
 /// The shared handle: the agent updates it, the HTTP server reads it. Cheap to clone; every
@@ -156,6 +166,8 @@ impl Observer {
             binds: BindCounts::default(),
             reloads: ReloadCounts::default(),
             monitor: None,
+            api: None,
+            labels_applied: None,
         })))
     }
 
@@ -216,6 +228,25 @@ impl Observer {
         self.lock().monitor = Some(stats);
     }
 
+    /// The Kubernetes API counters; read live at every snapshot.
+    pub fn set_api(&self, stats: Arc<ApiStats>) {
+        self.lock().api = Some(stats);
+    }
+
+    /// Whether there are labels to apply (a cluster); from then on `/readyz` waits for them.
+    pub fn set_labels_required(&self, required: bool) {
+        let mut s = self.lock();
+        s.labels_applied = if required { Some(s.labels_applied.unwrap_or(false)) } else { None };
+    }
+
+    /// Whether the Node carries the labels now (ignored when no labels are required).
+    pub fn set_labels_applied(&self, applied: bool) {
+        let mut s = self.lock();
+        if s.labels_applied.is_some() {
+            s.labels_applied = Some(applied);
+        }
+    }
+
     /// Everything, copied now.
     pub fn snapshot(&self) -> AgentStatus {
         let s = self.lock();
@@ -228,7 +259,10 @@ impl Observer {
             monitor,
             listandwatch_updates: monitor.updates_sent,
             config_reloads: s.reloads,
-            api_writes: 0,
+            api_requests: s.api.as_ref().map_or(0, |a| a.requests()),
+            api_writes: s.api.as_ref().map_or(0, |a| a.writes()),
+            api_failures: s.api.as_ref().map_or(0, |a| a.failures()),
+            labels_applied: s.labels_applied,
         }
     }
 }
@@ -252,8 +286,8 @@ pub fn healthz(status: &AgentStatus, now: Instant, max_age: Duration) -> (u16, S
 }
 
 /// Pure: `/readyz`: 200 when the plugins have started and every one is registered with the
-/// kubelet, else 503 naming the ones that are not (with their last error). Node labels are not
-/// checked yet: they come with the agent's cluster side.
+/// kubelet and, with a cluster, the node labels are applied; else 503 saying what is missing
+/// (the plugins not registered, with their last error).
 pub fn readyz(status: &AgentStatus) -> (u16, String) {
     let Some(plugins) = &status.plugins else {
         return (503, "not ready: device plugins not started yet\n".to_owned());
@@ -266,10 +300,16 @@ pub fn readyz(status: &AgentStatus) -> (u16, String) {
             None => p.resource_name.clone(),
         })
         .collect();
-    if waiting.is_empty() {
-        (200, format!("ready: {} of {} device plugins registered\n", plugins.len(), plugins.len()))
-    } else {
-        (503, format!("not ready: device plugins not registered: {}\n", waiting.join(", ")))
+    if !waiting.is_empty() {
+        return (503, format!("not ready: device plugins not registered: {}\n", waiting.join(", ")));
+    }
+    match status.labels_applied {
+        Some(false) => (503, "not ready: node labels not applied yet\n".to_owned()),
+        Some(true) => (
+            200,
+            format!("ready: {} of {} device plugins registered, node labels applied\n", plugins.len(), plugins.len()),
+        ),
+        None => (200, format!("ready: {} of {} device plugins registered\n", plugins.len(), plugins.len())),
     }
 }
 
@@ -367,11 +407,24 @@ pub fn render_metrics(status: &AgentStatus) -> String {
     .sample("nodeprep_config_reloads_total", &[("result", "ok")], r.ok)
     .sample("nodeprep_config_reloads_total", &[("result", "refused")], r.refused);
 
-    m.family("nodeprep_api_writes_total", "counter", "Writes to the Kubernetes API.").sample(
-        "nodeprep_api_writes_total",
-        &[],
-        status.api_writes,
-    );
+    for (name, help, value) in [
+        (
+            "nodeprep_api_requests_total",
+            "Requests to the Kubernetes API (reads, watches and writes).",
+            status.api_requests,
+        ),
+        ("nodeprep_api_writes_total", "Writes to the Kubernetes API (label applies, Events).", status.api_writes),
+        ("nodeprep_api_failures_total", "Kubernetes API requests that failed or got no answer.", status.api_failures),
+    ] {
+        m.family(name, "counter", help).sample(name, &[], value);
+    }
+    if let Some(applied) = status.labels_applied {
+        m.family("nodeprep_labels_applied", "gauge", "1 when the Node carries the labels nodeprep wants.").sample(
+            "nodeprep_labels_applied",
+            &[],
+            u8::from(applied),
+        );
+    }
     m.family("nodeprep_last_scan_duration_seconds", "gauge", "How long the last rescan took.").sample(
         "nodeprep_last_scan_duration_seconds",
         &[],
