@@ -7,6 +7,8 @@
 //! - [`eligibility`] decides, as pure functions over that data, what the node is fit for;
 //! - [`names`] gives PCI ids their pci.ids names;
 //! - [`render`] turns the data into the text people read;
+//! - [`hugepages`] sets huge page pools at run time, per config, and reports what the kernel
+//!   granted;
 //! - [`machineconfig`] renders OpenShift MachineConfigs for boot-time settings (IOMMU, vfio-pci
 //!   ids, huge pages);
 //! - [`observe`] is what the agent shows operators: `/healthz`, `/readyz` and Prometheus
@@ -19,6 +21,7 @@ pub mod config;
 pub mod deviceplugin;
 pub mod eligibility;
 pub mod host;
+pub mod hugepages;
 pub mod labels;
 pub mod machineconfig;
 pub mod model;

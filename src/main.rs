@@ -173,6 +173,25 @@ nodeprep machineconfig --iommu intel --config config.yaml   # vfio ids from the 
         #[arg(long, value_name = "LIST", value_parser = parse_pages)]
         hugepages: Option<Vec<HugepageRequest>>,
     },
+    /// Set the huge page pools the config's `hugepages:` section names, now, without a reboot.
+    #[command(after_help = "Only the config's hugepages section is applied (what `nodeprep run` also does). \
+Each pool is set to exactly its count (a smaller count shrinks it; the kernel frees only free pages), \
+then read back: `reserved` when the kernel granted it all, `unchanged` when it already was (no write), \
+`short` when it granted fewer (memory too fragmented: reserve at boot with `nodeprep machineconfig \
+--hugepages`), `refused` for a size or NUMA node the kernel does not have, `failed` when a file could \
+not be read or written.\n\n\
+Exit status: 0 when every pool is as configured, 1 when any is short, refused or failed, 2 when the \
+config or the host cannot be read.\n\n\
+Examples:\n  nodeprep hugepages --config /etc/nodeprep/config.yaml\n  \
+nodeprep --host-root /host hugepages --config config.yaml -o json")]
+    Hugepages {
+        /// The config file (YAML) whose `hugepages:` section names the pools.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
 }
 
 #[derive(Subcommand)]
@@ -338,6 +357,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             emit(&machineconfig::render(&req)?)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Hugepages { config, output } => run_hugepages(&root, &config, output),
     }
 }
 
@@ -526,6 +546,45 @@ fn run_unbind(root: &HostRoot, only: &[PciAddress], dry_run: bool, output: Forma
         Format::Yaml => emit(&serde_yaml::to_string(&serde_json::json!({ "outcomes": outcomes }))?)?,
     }
     Ok(if outcomes.iter().any(DeviceOutcome::is_failure) { ExitCode::from(EXIT_UNFIT) } else { ExitCode::SUCCESS })
+}
+
+/// `nodeprep hugepages`: the config's pools, set and read back, as a table or JSON/YAML.
+fn run_hugepages(root: &HostRoot, config: &std::path::Path, output: Format) -> anyhow::Result<ExitCode> {
+    use nodeprep::hugepages::{self, HugepageOutcome};
+    let config = Config::load(config)?;
+    let outcomes = hugepages::reserve(root, &config.hugepages)?;
+    let writes: usize = outcomes.iter().map(|o| o.writes).sum();
+    match output {
+        Format::Text if outcomes.is_empty() => emit("the config reserves no huge pages (no hugepages: section)\n")?,
+        Format::Text => {
+            let count = |o: Option<u64>| o.map_or_else(|| "-".to_owned(), |n| n.to_string());
+            let mut text = format!(
+                "{:<10} {:<5} {:<7} {:>9} {:>9} {:>9}\n",
+                "OUTCOME", "SIZE", "POOL", "REQUESTED", "BEFORE", "GRANTED"
+            );
+            for o in &outcomes {
+                text.push_str(&format!(
+                    "{:<10} {:<5} {:<7} {:>9} {:>9} {:>9}\n",
+                    o.outcome.as_str(),
+                    o.size(),
+                    o.pool(),
+                    o.requested,
+                    count(o.before),
+                    count(o.granted)
+                ));
+                if let Some(d) = &o.detail {
+                    text.push_str(&format!("  {d}\n"));
+                }
+            }
+            text.push_str(&format!("{writes} sysfs writes\n"));
+            emit(&text)?;
+        }
+        Format::Json => emit(
+            &(serde_json::to_string_pretty(&serde_json::json!({ "outcomes": outcomes, "writes": writes }))? + "\n"),
+        )?,
+        Format::Yaml => emit(&serde_yaml::to_string(&serde_json::json!({ "outcomes": outcomes, "writes": writes }))?)?,
+    }
+    Ok(if outcomes.iter().any(HugepageOutcome::is_failure) { ExitCode::from(EXIT_UNFIT) } else { ExitCode::SUCCESS })
 }
 
 /// The agent's runtime: one thread is plenty for a node agent and keeps its memory small.

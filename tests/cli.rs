@@ -123,7 +123,7 @@ fn usage_and_host_errors_exit_2() {
 
 #[test]
 fn every_command_has_help_with_an_example() {
-    for args in [&["--help"][..], &["scan", "--help"], &["check", "--help"]] {
+    for args in [&["--help"][..], &["scan", "--help"], &["check", "--help"], &["hugepages", "--help"]] {
         let o = Command::new(env!("CARGO_BIN_EXE_nodeprep")).args(args).output().expect("run");
         assert!(o.status.success());
         let text = stdout(&o);

@@ -532,6 +532,7 @@ fn the_shipped_config_is_valid_and_selects_nothing() {
     // Applying the manifests as shipped changes nothing on any node.
     let parsed = nodeprep::config::Config::parse(&config).expect("parse");
     assert!(parsed.entries.is_empty() && parsed.counted.is_empty(), "the shipped config is active: {parsed:?}");
+    assert!(parsed.hugepages.is_empty() && parsed.node_labels.kata, "the shipped config is active: {parsed:?}");
 }
 
 /// The config with every example line (`# ...`) uncommented; explanations (`## ...`) stay.
@@ -560,6 +561,9 @@ fn the_config_examples_are_valid_once_uncommented() {
     assert_eq!(parsed.entries.len(), 2);
     assert_eq!(parsed.counted.len(), 1);
     assert_eq!(parsed.counted[0].resource_name, "kata.peerpods.io/vm");
+    let pools: Vec<String> = parsed.hugepages.iter().map(ToString::to_string).collect();
+    assert_eq!(pools, ["512 x 2Mi", "4 x 1Gi on NUMA node 0"]);
+    assert!(!parsed.node_labels.kata, "the example leaves the Kata label to NFD");
 
     // On a machine with a T4 and C62x QAT VFs, each example takes what it says.
     use support::machines::intel::*;

@@ -494,3 +494,145 @@ kernel_view -restored
     assert_eq!(out.status("unbind"), 0, "{:?}", out.try_section("unbind.stderr"));
     assert_restored(&drivers(&out, "kernel-pci-restored"), "restored through /host");
 }
+
+// ---- huge pages on a real kernel ---------------------------------------------------------------
+
+/// The guest's 2Mi pools and `/proc/meminfo`'s view, as `KEY=VALUE` lines: `nr`, `node0`,
+/// `HugePages_Total`, `Hugepagesize`.
+const HUGEPAGE_VIEW: &str = r#"
+HP=/sys/kernel/mm/hugepages/hugepages-2048kB
+pool_view() {
+  echo "nr=$(cat $HP/nr_hugepages)"
+  echo "node0=$(cat /sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages)"
+  grep -E '^(HugePages_Total|Hugepagesize):' /proc/meminfo | tr -d ' ' | sed 's/:/=/'
+}
+"#;
+
+/// 16 pages: far less than the guest's 512 MiB. 4096 pages: 8 GiB, far more.
+const HUGEPAGES_16: &str = "hugepages:\n  - size: 2Mi\n    pages: 16\n";
+const HUGEPAGES_TOO_MANY: &str = "hugepages:\n  - size: 2Mi\n    pages: 4096\n";
+const HUGEPAGES_NONE: &str = "hugepages:\n  - size: 2Mi\n    pages: 0\n";
+/// One 1 GiB page: it cannot fit in the guest's 512 MiB at all.
+const HUGEPAGES_1GI: &str = "hugepages:\n  - size: 1Gi\n    pages: 1\n";
+/// Node 0's pool, and a node the single-node guest does not have.
+const HUGEPAGES_PER_NODE: &str =
+    "hugepages:\n  - size: 2Mi\n    pages: 8\n    numaNode: 0\n  - size: 2Mi\n    pages: 8\n    numaNode: 1\n";
+
+fn count_of(out: &VmOutput, section: &str, key: &str) -> u64 {
+    let v = out.value(section, key);
+    v.parse().unwrap_or_else(|e| panic!("{section}: {key}={v:?} is not a count: {e}"))
+}
+
+#[test]
+fn hugepages_reserved_and_short_on_a_real_kernel() {
+    let script = format!(
+        r#"{HUGEPAGE_VIEW}
+section nodes ls /sys/devices/system/node
+section before pool_view
+section reserve nodeprep hugepages --config /etc/nodeprep/hp16.yaml -o json
+section after-reserve pool_view
+section again nodeprep hugepages --config /etc/nodeprep/hp16.yaml -o json
+section too-many nodeprep hugepages --config /etc/nodeprep/hp-too-many.yaml -o json
+section after-too-many pool_view
+section release nodeprep hugepages --config /etc/nodeprep/hp0.yaml -o json
+section after-release pool_view
+section per-node nodeprep hugepages --config /etc/nodeprep/hp-node.yaml -o json
+section after-per-node pool_view
+section text nodeprep hugepages --config /etc/nodeprep/hp-node.yaml
+section one-gi nodeprep hugepages --config /etc/nodeprep/hp-1gi.yaml -o json
+section after-one-gi cat /sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages
+"#
+    );
+    let out = Vm::new(Machine::Iommu)
+        .file("/etc/nodeprep/hp16.yaml", HUGEPAGES_16)
+        .file("/etc/nodeprep/hp-too-many.yaml", HUGEPAGES_TOO_MANY)
+        .file("/etc/nodeprep/hp0.yaml", HUGEPAGES_NONE)
+        .file("/etc/nodeprep/hp-node.yaml", HUGEPAGES_PER_NODE)
+        .file("/etc/nodeprep/hp-1gi.yaml", HUGEPAGES_1GI)
+        .run(&script);
+    let first = |section: &str| {
+        assert!(out.try_section(section).is_some(), "no section {section}");
+        out.json(section)["outcomes"][0].clone()
+    };
+    assert_eq!(out.value("before", "Hugepagesize"), "2048kB", "2 MiB is the default size");
+    assert_eq!(count_of(&out, "before", "nr"), 0, "the guest boots without huge pages");
+
+    // 16 pages: the kernel's count, node 0's and /proc/meminfo agree with what nodeprep reports.
+    assert_eq!(out.status("reserve"), 0, "{:?}", out.try_section("reserve.stderr"));
+    let o = first("reserve");
+    assert_eq!(o["outcome"], "reserved", "{o}");
+    assert_eq!(
+        (o["before"].as_u64(), o["granted"].as_u64(), o["writes"].as_u64()),
+        (Some(0), Some(16), Some(1)),
+        "{o}"
+    );
+    assert_eq!(count_of(&out, "after-reserve", "nr"), 16);
+    assert_eq!(count_of(&out, "after-reserve", "HugePages_Total"), 16);
+    assert_eq!(count_of(&out, "after-reserve", "node0"), 16, "one NUMA node holds them all");
+
+    // Again: nothing to write.
+    assert_eq!(out.status("again"), 0);
+    let o = first("again");
+    assert_eq!((o["outcome"].as_str(), o["writes"].as_u64()), (Some("unchanged"), Some(0)), "{o}");
+    assert_eq!(out.json("again")["writes"], 0);
+
+    // Far more than the guest's memory: the kernel grants what it can, and nodeprep reports
+    // exactly that, as short, with the boot-time hint; exit 1.
+    assert_eq!(out.status("too-many"), 1, "{:?}", out.try_section("too-many.stderr"));
+    let o = first("too-many");
+    assert_eq!(o["outcome"], "short", "{o}");
+    let granted = o["granted"].as_u64().unwrap_or_else(|| panic!("no granted count: {o}"));
+    assert_eq!(granted, count_of(&out, "after-too-many", "nr"), "granted is what the kernel reports");
+    assert_eq!(granted, count_of(&out, "after-too-many", "HugePages_Total"), "and what /proc/meminfo reports");
+    assert!((16..256).contains(&granted), "some pages, fewer than 512 MiB holds: {granted}");
+    let detail = o["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("granted {granted} of 4096 2Mi pages"))
+            && detail.contains("nodeprep machineconfig --hugepages 2Mi:4096"),
+        "{detail}"
+    );
+    eprintln!("huge pages on a real kernel: 16 of 16 reserved; {granted} of 4096 granted in a 512 MiB guest");
+
+    // Back to 0: a pool shrinks to exactly its count.
+    assert_eq!(out.status("release"), 0, "{:?}", out.try_section("release.stderr"));
+    let o = first("release");
+    assert_eq!(
+        (o["outcome"].as_str(), o["before"].as_u64(), o["granted"].as_u64()),
+        (Some("reserved"), Some(granted), Some(0))
+    );
+    assert_eq!(count_of(&out, "after-release", "HugePages_Total"), 0);
+
+    // Per NUMA node: node 0's pool is set (the global count follows), node 1 does not exist.
+    let nodes: Vec<&str> = out.section("nodes").split_whitespace().filter(|n| n.starts_with("node")).collect();
+    assert_eq!(nodes, ["node0"], "a single-node guest");
+    assert_eq!(out.status("per-node"), 1, "node 1 is refused: {:?}", out.try_section("per-node.stderr"));
+    let per_node = out.json("per-node");
+    let (n0, n1) = (&per_node["outcomes"][0], &per_node["outcomes"][1]);
+    assert_eq!(
+        (n0["outcome"].as_str(), n0["numaNode"].as_u64(), n0["granted"].as_u64()),
+        (Some("reserved"), Some(0), Some(8)),
+        "{n0}"
+    );
+    assert_eq!((n1["outcome"].as_str(), n1["writes"].as_u64()), (Some("refused"), Some(0)), "{n1}");
+    assert!(n1["detail"].as_str().unwrap_or_default().contains("NUMA node 1 has no 2Mi pool"), "{n1}");
+    assert_eq!(count_of(&out, "after-per-node", "node0"), 8);
+    assert_eq!(count_of(&out, "after-per-node", "nr"), 8);
+    assert_eq!(count_of(&out, "after-per-node", "HugePages_Total"), 8);
+    let text = out.section("text");
+    assert!(
+        text.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["unchanged", "2Mi", "node0", "8", "8", "8"]),
+        "{text}"
+    );
+
+    // 1Gi pages at run time: the kernel offers the size (-cpu max has pdpe1gb) but cannot find
+    // a free, aligned GiB in a 512 MiB guest: short, 0 granted, and the kernel agrees.
+    assert_eq!(out.status("one-gi"), 1, "{:?}", out.try_section("one-gi.stderr"));
+    let o = first("one-gi");
+    assert_eq!(
+        (o["outcome"].as_str(), o["sizeKb"].as_u64(), o["granted"].as_u64()),
+        (Some("short"), Some(1_048_576), Some(0)),
+        "{o}"
+    );
+    assert_eq!(out.section("after-one-gi").trim(), "0");
+    assert!(o["detail"].as_str().unwrap_or_default().contains("granted 0 of 1 1Gi pages"), "{o}");
+}

@@ -15,6 +15,16 @@
 //!       vendors: ["8086"]
 //!       devices: ["37c9"]
 //!       pfNames: ["ens1f0#0-3"]
+//! # Huge page pools nodeprep sets at run time (no reboot):
+//! hugepages:
+//!   - size: 2Mi                           # or 1Gi
+//!     pages: 512                          # the pool's total
+//!   - size: 1Gi
+//!     pages: 4
+//!     numaNode: 0                         # optional: this NUMA node's pool
+//! # Labels nodeprep leaves to others:
+//! nodeLabels:
+//!   kata: false                           # feature.node.kubernetes.io/runtime.kata is NFD's
 //! ```
 //!
 //! Loading validates everything and refuses the file as a whole, listing every problem.
@@ -29,6 +39,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::machineconfig::HugepageSize;
 use crate::model::{PciAddress, PciDevice, PciInventory};
 pub use selector::{OriginalDrivers, PfName, Selector};
 
@@ -107,11 +118,51 @@ pub struct CountedResource {
 /// `PEERPODS_LIMIT_PER_NODE`.
 pub const DEFAULT_COUNT: u32 = 10;
 
+/// A huge page pool nodeprep sets at run time: the pool of `size` pages, the node's global one
+/// or one NUMA node's, set to exactly `pages` (see [`crate::hugepages`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HugepageReservation {
+    pub size: HugepageSize,
+    /// The pool's total, not an increment; 0 empties it.
+    pub pages: u64,
+    /// `None`: the global pool (`sys/kernel/mm/hugepages`), spread over the nodes by the kernel;
+    /// `Some(n)`: NUMA node n's pool (`sys/devices/system/node/node<n>/hugepages`).
+    pub numa_node: Option<u32>,
+}
+
+impl fmt::Display for HugepageReservation {
+    /// `512 x 2Mi` or `4 x 1Gi on NUMA node 0`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} x {}", self.pages, self.size)?;
+        match self.numa_node {
+            Some(n) => write!(f, " on NUMA node {n}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Which of the node labels nodeprep owns it actually sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeLabelSettings {
+    /// `feature.node.kubernetes.io/runtime.kata`; `false` leaves the key to Node Feature
+    /// Discovery where NFD's own rule sets it. Default `true`.
+    pub kata: bool,
+}
+
+impl Default for NodeLabelSettings {
+    fn default() -> Self {
+        NodeLabelSettings { kata: true }
+    }
+}
+
 /// A validated config.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
     pub entries: Vec<Entry>,
     pub counted: Vec<CountedResource>,
+    /// Huge page pools to set at run time, in file order.
+    pub hugepages: Vec<HugepageReservation>,
+    pub node_labels: NodeLabelSettings,
 }
 
 /// A device an entry takes, with the resource it will be advertised under.
@@ -135,6 +186,29 @@ struct RawConfig {
     devices: Vec<RawDevice>,
     #[serde(default)]
     counted_resources: Vec<RawCounted>,
+    #[serde(default)]
+    hugepages: Vec<RawHugepages>,
+    node_labels: Option<RawNodeLabels>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// Values are checked by hand (not typed) so that a bad one is listed with the other problems
+/// instead of stopping the parse.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawHugepages {
+    size: Option<serde_yaml::Value>,
+    pages: Option<serde_yaml::Value>,
+    numa_node: Option<serde_yaml::Value>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawNodeLabels {
+    kata: Option<serde_yaml::Value>,
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_yaml::Value>,
 }
@@ -245,7 +319,7 @@ impl Config {
         unknown_keys(
             "config",
             &raw.unknown,
-            "pciHostDevices, permittedHostDevices, devices, countedResources",
+            "pciHostDevices, permittedHostDevices, devices, countedResources, hugepages, nodeLabels",
             &mut problems,
         );
 
@@ -362,6 +436,9 @@ impl Config {
             counted.push(CountedResource { resource_name: name, count, device_path: c.device_path });
         }
 
+        let hugepages = parse_hugepage_reservations(raw.hugepages, &mut problems);
+        let node_labels = parse_node_labels(raw.node_labels, &mut problems);
+
         // The same explicit address in two entries is a conflict without looking at any host.
         let mut seen: BTreeMap<PciAddress, &EntryName> = BTreeMap::new();
         for e in &entries {
@@ -384,7 +461,11 @@ impl Config {
                 }
             }
         }
-        if problems.is_empty() { Ok(Config { entries, counted }) } else { Err(ParseError::Invalid(problems)) }
+        if problems.is_empty() {
+            Ok(Config { entries, counted, hugepages, node_labels })
+        } else {
+            Err(ParseError::Invalid(problems))
+        }
     }
 
     /// Pure: the devices each entry takes on this host, with their resource names. A device
@@ -421,6 +502,101 @@ impl Config {
 pub enum ParseError {
     Syntax(String),
     Invalid(Vec<String>),
+}
+
+/// A YAML value as written, for messages (`-1`, `"lots"`, `[1, 2]`).
+fn shown(v: &serde_yaml::Value) -> String {
+    match v {
+        serde_yaml::Value::String(s) => format!("{s:?}"),
+        other => serde_yaml::to_string(other).map_or_else(|_| format!("{other:?}"), |s| s.trim_end().to_owned()),
+    }
+}
+
+/// A whole number `0..=max`, or the problem with it.
+fn whole_number(v: &serde_yaml::Value, max: u64) -> Result<u64, String> {
+    match v.as_u64() {
+        Some(n) if n <= max => Ok(n),
+        Some(n) => Err(format!("{n} is too large (at most {max})")),
+        None => Err(format!("{} is not a whole number of 0 or more", shown(v))),
+    }
+}
+
+/// `hugepages:`: each entry valid on its own, no (size, NUMA node) pool twice, and no size both
+/// as the global pool and as a node's pool (the global count is the sum of the node pools: one
+/// entry would undo the other).
+fn parse_hugepage_reservations(raw: Vec<RawHugepages>, problems: &mut Vec<String>) -> Vec<HugepageReservation> {
+    let mut out: Vec<(String, HugepageReservation)> = Vec::new();
+    for (i, h) in raw.into_iter().enumerate() {
+        let at = format!("hugepages[{i}]");
+        unknown_keys(&at, &h.unknown, "size, pages, numaNode", problems);
+        let size = match &h.size {
+            Some(serde_yaml::Value::String(s)) => match s.parse::<HugepageSize>() {
+                Ok(size) => Some(size),
+                Err(_) => {
+                    problems.push(format!("{at}: size {s:?} is not a huge page size: use 2Mi or 1Gi"));
+                    None
+                }
+            },
+            Some(other) => {
+                problems.push(format!("{at}: size {} is not a huge page size: use 2Mi or 1Gi", shown(other)));
+                None
+            }
+            None => {
+                problems.push(format!("{at}: size is required (2Mi or 1Gi)"));
+                None
+            }
+        };
+        let pages = match &h.pages {
+            Some(v) => whole_number(v, u64::from(u32::MAX))
+                .map_err(|e| problems.push(format!("{at}: pages: {e} (the pool's total, e.g. 512)")))
+                .ok(),
+            None => {
+                problems.push(format!("{at}: pages is required (the pool's total, e.g. 512; 0 empties the pool)"));
+                None
+            }
+        };
+        let numa_node = match &h.numa_node {
+            None => Some(None),
+            Some(v) => whole_number(v, 1023)
+                .map(|n| Some(n as u32))
+                .map_err(|e| problems.push(format!("{at}: numaNode: {e} (a NUMA node number, e.g. 0)")))
+                .ok(),
+        };
+        let (Some(size), Some(pages), Some(numa_node)) = (size, pages, numa_node) else { continue };
+        let r = HugepageReservation { size, pages, numa_node };
+        let pool = |n: Option<u32>| match n {
+            Some(n) => format!("the {size} pool of NUMA node {n}"),
+            None => format!("the global {size} pool"),
+        };
+        if let Some((first, _)) = out.iter().find(|(_, o)| o.size == size && o.numa_node == numa_node) {
+            problems.push(format!("{at}: {} is already set by {first}; give each pool once", pool(numa_node)));
+        } else if let Some((first, o)) =
+            out.iter().find(|(_, o)| o.size == size && o.numa_node.is_none() != numa_node.is_none())
+        {
+            problems.push(format!(
+                "{at}: {} and {} ({first}) are ambiguous: the global pool is the sum of the node pools, so one                  would undo the other; give {size} either once for the whole node or per NUMA node",
+                pool(numa_node),
+                pool(o.numa_node)
+            ));
+        }
+        out.push((at, r));
+    }
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+fn parse_node_labels(raw: Option<RawNodeLabels>, problems: &mut Vec<String>) -> NodeLabelSettings {
+    let mut out = NodeLabelSettings::default();
+    let Some(raw) = raw else { return out };
+    unknown_keys("nodeLabels", &raw.unknown, "kata", problems);
+    match &raw.kata {
+        None => {}
+        Some(serde_yaml::Value::Bool(b)) => out.kata = *b,
+        Some(other) => problems.push(format!(
+            "nodeLabels.kata: {} is not true or false (false leaves feature.node.kubernetes.io/runtime.kata to              Node Feature Discovery)",
+            shown(other)
+        )),
+    }
+    out
 }
 
 fn parse_selectors(at: &str, s: RawSelectors, problems: &mut Vec<String>) -> Selector {
@@ -610,6 +786,100 @@ devices:
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn hugepages_and_node_labels() {
+        let c = Config::parse(
+            "hugepages:\n  - size: 2Mi\n    pages: 512\n  - size: 1Gi\n    pages: 4\n    numaNode: 0\n  - size: 1G\n    pages: 0\n    numaNode: 1\nnodeLabels:\n  kata: false\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.hugepages,
+            vec![
+                HugepageReservation { size: HugepageSize::TwoMi, pages: 512, numa_node: None },
+                HugepageReservation { size: HugepageSize::OneGi, pages: 4, numa_node: Some(0) },
+                HugepageReservation { size: HugepageSize::OneGi, pages: 0, numa_node: Some(1) },
+            ]
+        );
+        assert_eq!(c.hugepages[1].to_string(), "4 x 1Gi on NUMA node 0");
+        assert!(!c.node_labels.kata);
+        assert!(c.entries.is_empty() && c.counted.is_empty());
+
+        // Defaults: no pools, and nodeprep sets the Kata label.
+        let empty = Config::parse("devices: []\n").expect("valid");
+        assert_eq!(empty.hugepages, vec![]);
+        assert!(empty.node_labels.kata, "kata defaults to true");
+        assert!(Config::default().node_labels.kata, "Default for Config keeps kata on too");
+        assert!(Config::parse("nodeLabels: {}\n").expect("valid").node_labels.kata);
+        assert!(Config::parse("nodeLabels:\n  kata: true\n").expect("valid").node_labels.kata);
+    }
+
+    #[test]
+    fn every_hugepage_problem_is_listed() {
+        let bad = r#"
+hugepages:
+  - size: 4Mi
+    pages: 8
+  - size: 2Mi
+    pages: -1
+  - size: 2Mi
+    pages: "lots"
+  - size: 2Mi
+    pages: 1.5
+  - pages: 3
+  - size: 1Gi
+  - size: 2Mi
+    pages: 16
+  - size: 2Mi
+    pages: 32
+  - size: 2Mi
+    pages: 8
+    numaNode: 0
+  - size: 1Gi
+    pages: 2
+    numaNode: 1
+  - size: 1Gi
+    pages: 2
+    numaNode: 1
+  - size: 1Gi
+    pages: 4
+  - size: 1Gi
+    pages: 1
+    numaNode: -2
+    node: 1
+  - size: 2
+    pages: 1
+nodeLabels:
+  kata: "no"
+  nfd: true
+"#;
+        let Err(ParseError::Invalid(p)) = Config::parse(bad) else { panic!("must be refused") };
+        let all = p.join("\n");
+        for needle in [
+            "hugepages[0]: size \"4Mi\" is not a huge page size: use 2Mi or 1Gi",
+            "hugepages[1]: pages: -1 is not a whole number of 0 or more",
+            "hugepages[2]: pages: \"lots\" is not a whole number",
+            "hugepages[3]: pages: 1.5 is not a whole number",
+            "hugepages[4]: size is required",
+            "hugepages[5]: pages is required",
+            "hugepages[7]: the global 2Mi pool is already set by hugepages[6]",
+            "hugepages[8]: the 2Mi pool of NUMA node 0 and the global 2Mi pool (hugepages[6]) are ambiguous",
+            "hugepages[10]: the 1Gi pool of NUMA node 1 is already set by hugepages[9]",
+            "hugepages[11]: the global 1Gi pool and the 1Gi pool of NUMA node 1 (hugepages[9]) are ambiguous",
+            "hugepages[12]: numaNode: -2 is not a whole number",
+            "hugepages[12]: unknown field \"node\" (known fields: size, pages, numaNode)",
+            "hugepages[13]: size 2 is not a huge page size",
+            "nodeLabels.kata: \"no\" is not true or false",
+            "nodeLabels: unknown field \"nfd\" (known fields: kata)",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert_eq!(p.len(), 15, "{all}");
+        let Err(ParseError::Invalid(p)) = Config::parse("hugepages:\n  - size: 2Mi\n    pages: 99999999999\n") else {
+            panic!("must be refused")
+        };
+        assert!(p[0].contains("pages: 99999999999 is too large"), "{p:?}");
     }
 
     #[test]

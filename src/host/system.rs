@@ -528,6 +528,16 @@ fn read_numa_nodes(root: &HostRoot, w: &mut Warnings) -> Vec<u32> {
     nodes
 }
 
+/// The huge page pools alone (global and per NUMA node), read as [`read_system`] reads them, for
+/// code that changes them ([`crate::hugepages`]). `default_size_kb` is left `None` (it comes from
+/// `proc/meminfo`). Missing or garbage count files are `None`, each with a warning in the list.
+pub fn read_hugepage_pools(root: &HostRoot) -> (HugepageFacts, Vec<String>) {
+    let mut w = Warnings::default();
+    let numa_nodes = read_numa_nodes(root, &mut w);
+    let pools = read_hugepages(root, &numa_nodes, &mut w);
+    (pools, w.0)
+}
+
 /// `hugepages-2048kB` → 2048.
 fn hugepage_dir_size(name: &str) -> Option<u64> {
     name.strip_prefix("hugepages-")?.strip_suffix("kB")?.parse().ok()
