@@ -108,6 +108,39 @@ fn bind_per_config(root: &HostRoot, config: &Config, observer: &Observer, events
     }
 }
 
+/// Sets the huge page pools the config asks for; logs and posts every change.
+fn reserve_hugepages(root: &HostRoot, config: &Config, events: &Recorder) {
+    match crate::hugepages::reserve(root, &config.hugepages) {
+        Ok(outcomes) => {
+            events.record_hugepages(&outcomes);
+            for o in &outcomes {
+                let (size, granted) = (o.size(), o.granted.unwrap_or(0));
+                match (&o.detail, o.is_failure()) {
+                    (Some(d), true) => {
+                        tracing::warn!(%size, node = ?o.numa_node, requested = o.requested, granted, detail = %d, outcome = ?o.outcome, "hugepages")
+                    }
+                    _ => {
+                        tracing::info!(%size, node = ?o.numa_node, requested = o.requested, granted, outcome = ?o.outcome, "hugepages")
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "huge pages not reserved"),
+    }
+}
+
+/// The host changes the config asks for: huge pages, then vfio-pci binding. Returns whether
+/// the bind went through (see [`bind_per_config`]).
+async fn prepare_host(opts: &AgentOptions, config: Arc<Config>, observer: &Observer, events: &Recorder) -> bool {
+    let (r, o, e, bind) = (opts.root.clone(), observer.clone(), events.clone(), opts.bind);
+    tokio::task::spawn_blocking(move || {
+        reserve_hugepages(&r, &config, &e);
+        !bind || bind_per_config(&r, &config, &o, &e)
+    })
+    .await
+    .unwrap_or(false)
+}
+
 /// What the labels are computed from: one look at the host.
 #[derive(Debug, Clone)]
 struct Assessment {
@@ -185,14 +218,25 @@ async fn watch_config(
     events: Recorder,
 ) -> Result<(), AgentError> {
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
     let mut watcher =
         DirWatcher::new(&dir).map_err(|e| AgentError::ConfigWatch { path: dir.clone(), message: e.to_string() })?;
+    // The text last acted on: a rewrite with the same bytes (or a refused text seen again)
+    // changes nothing and is not logged again.
+    let mut last_text = std::fs::read_to_string(&path).ok();
     loop {
-        if let Err(e) = watcher.next_change().await {
-            return Err(AgentError::ConfigWatch { path: dir, message: e.to_string() });
+        match watcher.next_change().await {
+            Err(e) => return Err(AgentError::ConfigWatch { path: dir, message: e.to_string() }),
+            Ok(change) if !concerns_config(change.name.as_deref(), file_name.as_deref()) => continue,
+            Ok(_) => {}
         }
         // Let a burst of changes (the ..data swap is several renames) settle.
         tokio::time::sleep(Duration::from_millis(20)).await;
+        let text = std::fs::read_to_string(&path).ok();
+        if text.is_some() && text == last_text {
+            continue;
+        }
+        last_text = text;
         match Config::load(&path) {
             Ok(c) if **tx.borrow() == c => {}
             Ok(c) => {
@@ -212,6 +256,37 @@ async fn watch_config(
     }
 }
 
+/// Pure: whether a change in the config's directory can change the config: the file itself, a
+/// ConfigMap volume's `..data` swap (`..data`, `..data_tmp`, `..<timestamp>`), or an event
+/// without a name (the queue overflowed). Other files in the directory are ignored.
+fn concerns_config(changed: Option<&str>, config_file: Option<&str>) -> bool {
+    match changed {
+        None => true,
+        Some(name) => name.starts_with("..") || Some(name) == config_file,
+    }
+}
+
+/// glibc's allocator gives every thread that allocates an arena of its own and keeps freed
+/// memory in it: the blocking threads that scan 4,096 functions would each leave megabytes
+/// behind. One arena, trimmed after each scan, keeps the agent's resident memory at what it
+/// holds. (Other C libraries: nothing to do.)
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before the agent starts threads.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Returns freed heap pages to the kernel (after a scan's temporaries are dropped).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
 /// The cluster side, when there is a cluster.
 struct Cluster {
     status: watch::Receiver<LabelStatus>,
@@ -220,6 +295,7 @@ struct Cluster {
 /// Runs the agent until `shutdown` resolves: then device-plugin streams get an empty list and
 /// the sockets are removed.
 pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    limit_malloc_arenas();
     // Bind the port first: a port already taken fails the start, not a probe later.
     let observer = Observer::new();
     let listener =
@@ -257,13 +333,10 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     };
     observer.set_labels_required(cluster.is_some());
 
-    let mut bind_ok = true;
-    if opts.bind {
-        let (r, c, o, e) = (opts.root.clone(), config.clone(), observer.clone(), events.clone());
-        bind_ok = tokio::task::spawn_blocking(move || bind_per_config(&r, &c, &o, &e)).await.unwrap_or(false);
-    }
+    let config = Arc::new(config);
+    let mut bind_ok = prepare_host(&opts, config.clone(), &observer, &events).await;
     let counted = counted_specs(&config);
-    let (config_tx, config_rx) = watch::channel(Arc::new(config));
+    let (config_tx, config_rx) = watch::channel(config);
     let mut config_view = config_rx.clone();
     let monitor_opts = MonitorOptions { rescan_interval: Some(opts.rescan_interval), ..MonitorOptions::default() };
     let (monitor, devices) = Monitor::new(opts.root.clone(), config_rx, monitor_opts);
@@ -286,11 +359,12 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     let plugins_registered = |h: &crate::deviceplugin::manager::ManagerHandle| h.status().iter().all(|s| s.registered);
     let mut ready = bind_ok && plugins_registered(&handle);
     let mut assessment = assess_blocking(&opts.root, monitor.inventory()).await;
-    let manage_kata = |_c: &Config| true; // TODO(hugepages merge): c.node_labels.kata
+    let manage_kata = |c: &Config| c.node_labels.kata;
     if let Some(a) = &assessment {
         publish_labels(&desired_tx, desired_labels(a, ready, manage_kata(&config_view.borrow())), cluster.is_some());
     }
 
+    release_freed_memory();
     let monitor_task = tokio::spawn(monitor.run(stopped(stop_rx.clone())));
     let config_task = tokio::spawn(watch_config(opts.config_path.clone(), config_tx, observer.clone(), events.clone()));
     let http_task = tokio::spawn(observe::serve(listener, observer.clone(), stopped(stop_rx.clone())));
@@ -307,21 +381,12 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
             _ = tick.tick() => {
                 observer.heartbeat();
                 observer.set_plugins(handle.status());
-                let now_ready = bind_ok && plugins_registered(&handle);
-                if now_ready != ready {
-                    ready = now_ready;
-                    if let Some(a) = &assessment {
-                        publish_labels(&desired_tx, desired_labels(a, ready, manage_kata(&config_view.borrow())), cluster.is_some());
-                    }
-                }
             }
+            () = handle.registration_changed() => observer.set_plugins(handle.status()),
             Ok(()) = devices_view.changed() => observer.set_devices(&devices_view.borrow_and_update()),
             Ok(()) = config_view.changed() => {
                 let config = config_view.borrow_and_update().clone();
-                if opts.bind {
-                    let (r, o, e) = (opts.root.clone(), observer.clone(), events.clone());
-                    bind_ok = tokio::task::spawn_blocking(move || bind_per_config(&r, &config, &o, &e)).await.unwrap_or(false);
-                }
+                bind_ok = prepare_host(&opts, config, &observer, &events).await;
                 rescan.rescan();
                 reassess = true;
             }
@@ -334,6 +399,18 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
             () = &mut resync => {
                 resync.as_mut().reset(tokio::time::Instant::now() + next_resync(opts.rescan_interval));
                 reassess = true;
+            }
+        }
+        // `ready` follows the plugins' registrations and the last bind at once.
+        let now_ready = bind_ok && plugins_registered(&handle);
+        if now_ready != ready {
+            ready = now_ready;
+            if let (Some(a), false) = (&assessment, reassess) {
+                publish_labels(
+                    &desired_tx,
+                    desired_labels(a, ready, manage_kata(&config_view.borrow())),
+                    cluster.is_some(),
+                );
             }
         }
         if reassess {
@@ -365,4 +442,20 @@ fn next_resync(interval: Duration) -> Duration {
         .map(|d| d.subsec_nanos() as u64)
         .unwrap_or(0);
     crate::deviceplugin::monitor::rescan_delay(interval, interval / 5, random)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_changes_that_can_touch_the_config_count() {
+        let f = Some("config.yaml");
+        assert!(concerns_config(Some("config.yaml"), f));
+        assert!(concerns_config(Some("..data"), f));
+        assert!(concerns_config(Some("..2026_11_22_10_00_00.123"), f));
+        assert!(concerns_config(None, f));
+        assert!(!concerns_config(Some("agent.log"), f));
+        assert!(!concerns_config(Some("config.yaml.swp"), f));
+    }
 }

@@ -1,5 +1,5 @@
 //! Kubernetes Events on the agent's Node: every bind, refusal (with its reason), restore and
-//! failure shows in `oc describe node` / `kubectl describe node` and `oc get events`.
+//! failure, huge page reservations, and refused configs show in `oc describe node` / `kubectl describe node` and `oc get events`.
 //!
 //! Events are core/v1 Events in the `default` namespace whose `involvedObject` is the Node with
 //! `uid` set to the node's name, exactly as the kubelet posts its own node events (kubectl's
@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::{ApiStats, Backoff, call};
 use crate::bind::DeviceOutcome;
+use crate::hugepages::{HugepageOutcome, PoolOutcome};
 
 /// The namespace node Events go to (the kubelet's choice for cluster-scoped objects).
 pub const NAMESPACE: &str = "default";
@@ -70,6 +71,28 @@ pub fn for_outcome(o: &DeviceOutcome) -> Option<NodeEvent> {
             },
         ),
         _ => return None,
+    })
+}
+
+/// Pure: the Event a huge page reservation makes, if any (none when the pool was already as
+/// asked).
+pub fn for_hugepages(o: &HugepageOutcome) -> Option<NodeEvent> {
+    let pool = match o.numa_node {
+        Some(n) => format!("{} pages on NUMA node {n}", o.size()),
+        None => format!("{} pages", o.size()),
+    };
+    let granted = o.granted.map_or_else(|| "unknown".to_owned(), |g| g.to_string());
+    let detail = o.detail.as_deref().unwrap_or("no reason given");
+    Some(match o.outcome {
+        PoolOutcome::Unchanged => return None,
+        PoolOutcome::Reserved => NodeEvent::normal("HugepagesReserved", format!("{pool}: {granted} reserved")),
+        PoolOutcome::Short => NodeEvent::warning(
+            "HugepagesShort",
+            format!("{pool}: the kernel granted {granted} of {}: {detail}", o.requested),
+        ),
+        PoolOutcome::Refused | PoolOutcome::Failed => {
+            NodeEvent::warning("HugepagesFailed", format!("{pool}: {detail}"))
+        }
     })
 }
 
@@ -171,6 +194,19 @@ impl Recorder {
         }
     }
 
+    /// Queues the Events for huge page reservations.
+    pub fn record_hugepages(&self, outcomes: &[HugepageOutcome]) {
+        for o in outcomes {
+            let subject = format!("hugepages-{}-{}", o.size(), o.pool());
+            match for_hugepages(o) {
+                Some(ev) => self.record(&subject, ev),
+                None => {
+                    self.last.lock().unwrap_or_else(|p| p.into_inner()).remove(&subject);
+                }
+            }
+        }
+    }
+
     /// Queues the Events for bind or unbind outcomes.
     pub fn record_outcomes(&self, outcomes: &[DeviceOutcome]) {
         for o in outcomes {
@@ -213,6 +249,31 @@ mod tests {
         assert_eq!(for_outcome(&outcome("restored", None)).map(|e| e.reason), Some("DeviceRestored"));
         assert_eq!(for_outcome(&outcome("already-bound", None)), None);
         assert_eq!(for_outcome(&outcome("left", None)), None);
+    }
+
+    #[test]
+    fn hugepage_outcomes_make_their_events() {
+        let o = |outcome, granted, node| HugepageOutcome {
+            size_kb: 2048,
+            numa_node: node,
+            path: "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages".into(),
+            requested: 4096,
+            before: Some(0),
+            granted: Some(granted),
+            writes: 1,
+            outcome,
+            detail: Some("granted 189 of 4096".into()),
+        };
+        assert_eq!(for_hugepages(&o(PoolOutcome::Unchanged, 4096, None)), None);
+        let e = for_hugepages(&o(PoolOutcome::Reserved, 4096, Some(1))).expect("event");
+        assert_eq!(
+            (e.warning, e.reason, e.message.as_str()),
+            (false, "HugepagesReserved", "2Mi pages on NUMA node 1: 4096 reserved")
+        );
+        let e = for_hugepages(&o(PoolOutcome::Short, 189, None)).expect("event");
+        assert_eq!((e.warning, e.reason), (true, "HugepagesShort"));
+        assert!(e.message.starts_with("2Mi pages: the kernel granted 189 of 4096"), "{}", e.message);
+        assert_eq!(for_hugepages(&o(PoolOutcome::Refused, 0, Some(3))).map(|e| e.reason), Some("HugepagesFailed"));
     }
 
     #[test]

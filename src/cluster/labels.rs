@@ -63,6 +63,16 @@ pub fn owned_label_keys(fields: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Pure: whether `view` is older than `current`. Resource versions are opaque to clients, but
+/// the API server's are etcd revisions: compared only when both are integers, else not older.
+pub fn is_older(view: &NodeView, current: Option<&NodeView>) -> bool {
+    let rv = |v: &NodeView| v.resource_version.as_deref().and_then(|r| r.parse::<u64>().ok());
+    match (rv(view), current.and_then(rv)) {
+        (Some(new), Some(cur)) => new < cur,
+        _ => false,
+    }
+}
+
 /// The labels nodeprep wants, and whether they come from a complete look at the host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Desired {
@@ -232,6 +242,16 @@ mod tests {
         assert_eq!(v.resource_version.as_deref(), Some("42"));
         assert_eq!(v.uid.as_deref(), Some("5f1c"));
         assert_eq!(v.labels.len(), 2);
+    }
+
+    #[test]
+    fn an_older_view_is_recognised_only_by_numeric_versions() {
+        let at = |rv: &str| NodeView { resource_version: Some(rv.into()), ..NodeView::default() };
+        assert!(is_older(&at("41"), Some(&at("42"))));
+        assert!(!is_older(&at("42"), Some(&at("42"))));
+        assert!(!is_older(&at("43"), Some(&at("42"))));
+        assert!(!is_older(&at("abc"), Some(&at("42"))));
+        assert!(!is_older(&at("41"), None));
     }
 
     #[test]

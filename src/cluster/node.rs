@@ -214,8 +214,13 @@ pub async fn run(
             ev = async { match events.as_mut() { Some(s) => s.next().await, None => std::future::pending().await } } => {
                 match ev {
                     Some(Ok(WatchEvent::Added(n) | WatchEvent::Modified(n))) => {
-                        l.node = Some(NodeView::from_node(&n));
-                        due.get_or_insert_with(Instant::now);
+                        let view = NodeView::from_node(&n);
+                        // The answer to an apply can overtake the watch event of the one
+                        // before it: an older view must not replace a newer one.
+                        if !labels::is_older(&view, l.node.as_ref()) {
+                            l.node = Some(view);
+                            due.get_or_insert_with(Instant::now);
+                        }
                     }
                     Some(Ok(WatchEvent::Deleted(_))) => {
                         tracing::warn!(node = %l.opts.node_name, "own Node deleted; waiting for it to come back");

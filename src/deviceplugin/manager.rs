@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::inotify::AddWatchFlags;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::api::KUBELET_SOCKET;
@@ -194,7 +194,13 @@ impl Manager {
 
         let mut specs = opts.resources.clone();
         let initial: Vec<String> = devices.borrow_and_update().keys().cloned().collect();
-        let mut state = State { opts, plugins: BTreeMap::new(), statuses: Arc::default(), refused: Default::default() };
+        let mut state = State {
+            opts,
+            plugins: BTreeMap::new(),
+            statuses: Arc::default(),
+            changed: Arc::default(),
+            refused: Default::default(),
+        };
         let mut taken: BTreeMap<String, String> =
             specs.iter().map(|s| (socket_name(s.resource_name()), s.resource_name().to_owned())).collect();
         for name in initial {
@@ -217,10 +223,10 @@ impl Manager {
                 return Err(e);
             }
         }
-        let statuses = state.statuses.clone();
+        let (statuses, changed) = (state.statuses.clone(), state.changed.clone());
         let (cmd_tx, cmd_rx) = mpsc::channel(4);
         let task = tokio::spawn(state.run(watcher, devices, cmd_rx));
-        Ok(ManagerHandle { cmd: cmd_tx, task, statuses, plugin_dir: dir })
+        Ok(ManagerHandle { cmd: cmd_tx, task, statuses, changed, plugin_dir: dir })
     }
 
     /// Starts, runs until `shutdown` completes (wire SIGTERM to it), then shuts down.
@@ -238,6 +244,7 @@ pub struct ManagerHandle {
     cmd: mpsc::Sender<ManagerCmd>,
     task: JoinHandle<()>,
     statuses: Arc<Mutex<BTreeMap<String, SharedStatus>>>,
+    changed: Arc<Notify>,
     plugin_dir: PathBuf,
 }
 
@@ -246,6 +253,12 @@ impl ManagerHandle {
     pub fn status(&self) -> Vec<PluginStatus> {
         let map = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
         map.values().map(|s| lock(s).clone()).collect()
+    }
+
+    /// Resolves when some plugin's registration changed since the last call (or the start):
+    /// the agent's cue to look at [`status`](Self::status) again. One waiter.
+    pub async fn registration_changed(&self) {
+        self.changed.notified().await
     }
 
     /// One plugin's status.
@@ -296,6 +309,8 @@ struct State {
     opts: ManagerOptions,
     plugins: BTreeMap<String, PluginHandle>,
     statuses: Arc<Mutex<BTreeMap<String, SharedStatus>>>,
+    /// Told when a plugin's registration changes.
+    changed: Arc<Notify>,
     /// Resources from the channel that cannot get a plugin (already logged).
     refused: std::collections::BTreeSet<String>,
 }
@@ -331,6 +346,7 @@ impl State {
             server: Some(server),
             register_timeout: self.opts.register_timeout,
             stop_grace: self.opts.stop_grace,
+            changed: self.changed.clone(),
         };
         let (tx, rx) = mpsc::channel(16);
         let _ = tx.try_send(Cmd::Register);
@@ -481,6 +497,8 @@ struct Plugin {
     server: Option<RunningServer>,
     register_timeout: Duration,
     stop_grace: Duration,
+    /// Told when `registered` changes.
+    changed: Arc<Notify>,
 }
 
 fn is_socket(p: &Path) -> bool {
@@ -544,6 +562,7 @@ impl Plugin {
             s.registered = false;
             s.serving = false;
         }
+        self.changed.notify_one();
         if let Some(old) = self.server.take() {
             old.stop(false, self.stop_grace).await;
         }
@@ -613,6 +632,7 @@ impl Plugin {
                 s.registered = true;
                 s.registrations += 1;
                 s.last_error = None;
+                self.changed.notify_one();
                 tracing::info!(resource = %self.resource, endpoint = %self.endpoint, "registered with the kubelet");
                 Attempt::Done
             }
@@ -624,6 +644,7 @@ impl Plugin {
                 tracing::warn!(resource = %self.resource, error = %e, "registration failed; retrying when the kubelet restarts or at the next check");
                 s.registered = false;
                 s.last_error = Some(e.to_string());
+                self.changed.notify_one();
                 Attempt::Done
             }
         }

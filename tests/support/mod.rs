@@ -4,6 +4,7 @@
 //! `#[path = "../tests/support/mod.rs"] mod support;`. Each user needs only part of it.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod apiserver;
 pub mod cli;
 pub mod kernel_sim;
