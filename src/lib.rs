@@ -12,10 +12,13 @@
 //! - [`machineconfig`] renders OpenShift MachineConfigs for boot-time settings (IOMMU, vfio-pci
 //!   ids, huge pages);
 //! - [`observe`] is what the agent shows operators: `/healthz`, `/readyz` and Prometheus
-//!   `/metrics` on a small HTTP port.
+//!   `/metrics` on a small HTTP port;
+//! - [`checkup`] is `nodeprep checkup`, the OpenShift Virtualization checkup Job: its input and
+//!   result live in a ConfigMap.
 
 pub mod agent;
 pub mod bind;
+pub mod checkup;
 pub mod cluster;
 pub mod config;
 pub mod deviceplugin;

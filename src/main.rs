@@ -192,6 +192,33 @@ nodeprep --host-root /host hugepages --config config.yaml -o json")]
         #[arg(short, long, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
+    /// Run as an OpenShift Virtualization checkup: read the input ConfigMap, judge this node,
+    /// write the result into the same ConfigMap.
+    #[command(after_help = "Reads spec.timeout (a Go duration: 30s, 5m, 1h30m) and the optional \
+spec.param.nodeName (the node this must run on), spec.param.requirements (default kvm,iommu,passthrough) \
+and spec.param.resources (extended resources that must be allocatable on the Node; waited for until \
+the timeout). Writes status.startTimestamp at once, then status.succeeded, status.failureReason, \
+status.completionTimestamp and status.result.* with the facts behind each verdict.\n\n\
+Exit status: 0 when the result was written into the ConfigMap, whatever it says; 2 when the \
+ConfigMap cannot be read or written (or no API server is found).\n\n\
+Examples:\n  CONFIGMAP_NAMESPACE=nodeprep CONFIGMAP_NAME=nodeprep-checkup-config NODE_NAME=worker-0 \
+nodeprep --host-root /host checkup\n  \
+nodeprep checkup --namespace nodeprep --name nodeprep-checkup-config --node-name worker-0 --kubeconfig ~/.kube/config")]
+    Checkup {
+        /// The namespace of the checkup's ConfigMap.
+        #[arg(long, env = "CONFIGMAP_NAMESPACE", value_name = "NAMESPACE")]
+        namespace: String,
+        /// The name of the checkup's ConfigMap.
+        #[arg(long, env = "CONFIGMAP_NAME", value_name = "NAME")]
+        name: String,
+        /// The node this runs on (the Job sets NODE_NAME from the downward API's spec.nodeName).
+        #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+        node_name: Option<String>,
+        /// The kubeconfig to use (default: KUBECONFIG, then the in-cluster service account,
+        /// then ~/.kube/config).
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -358,6 +385,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Hugepages { config, output } => run_hugepages(&root, &config, output),
+        Command::Checkup { namespace, name, node_name, kubeconfig } => {
+            run_checkup(&root, &namespace, &name, node_name.as_deref(), kubeconfig.as_deref())
+        }
     }
 }
 
@@ -585,6 +615,38 @@ fn run_hugepages(root: &HostRoot, config: &std::path::Path, output: Format) -> a
         Format::Yaml => emit(&serde_yaml::to_string(&serde_json::json!({ "outcomes": outcomes, "writes": writes }))?)?,
     }
     Ok(if outcomes.iter().any(HugepageOutcome::is_failure) { ExitCode::from(EXIT_UNFIT) } else { ExitCode::SUCCESS })
+}
+
+/// `nodeprep checkup`: 0 once the result is in the ConfigMap (whatever it says), an error (2)
+/// when the ConfigMap cannot be read or written.
+fn run_checkup(
+    root: &HostRoot,
+    namespace: &str,
+    name: &str,
+    node_name: Option<&str>,
+    kubeconfig: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    use nodeprep::cluster;
+    if namespace.is_empty() || name.is_empty() {
+        anyhow::bail!(
+            "the checkup's ConfigMap needs a namespace and a name (--namespace/CONFIGMAP_NAMESPACE, --name/CONFIGMAP_NAME)"
+        );
+    }
+    let Some(source) = cluster::source_from_env(kubeconfig) else {
+        anyhow::bail!("no Kubernetes API found (no --kubeconfig, KUBECONFIG, service account or ~/.kube/config)");
+    };
+    let rt = runtime()?;
+    let outcome = rt.block_on(async {
+        let client = cluster::connect(&source).await?;
+        anyhow::Ok(nodeprep::checkup::run_checkup(client, namespace, name, root, node_name).await?)
+    });
+    // A host read stuck past the timeout must not hold the exit (the result is already written).
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    let outcome = outcome?;
+    let verdict =
+        if outcome.succeeded { "succeeded".to_owned() } else { format!("failed: {}", outcome.failure_reason) };
+    emit(&format!("checkup {namespace}/{name} on {}: {verdict}\n", node_name.unwrap_or("?")))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The agent's runtime: one thread is plenty for a node agent and keeps its memory small.

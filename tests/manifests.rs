@@ -1,9 +1,10 @@
-//! The deployment manifests (`daemonset/`) and the `Containerfile`: every YAML file parses, and
-//! their references line up with each other, with the binary's flags and with the image: the
-//! kustomization's resources, namespaces, the service account and RBAC bindings, volumes and
-//! mounts, the config map and the `--config` path, the plugin directory, the health port and the
-//! probes, the entrypoint. The shipped config (and each example in it, uncommented) is accepted by
-//! `nodeprep config check`.
+//! The deployment manifests (`daemonset/`, and the checkup's in `daemonset/checkup/`) and the
+//! `Containerfile`: every YAML file parses, and their references line up with each other, with the
+//! binary's flags and with the image: the kustomization's resources, namespaces, the service
+//! account and RBAC bindings, volumes and mounts, the config map and the `--config` path, the
+//! plugin directory, the health port and the probes, the entrypoint. The shipped config (and each
+//! example in it, uncommented) is accepted by `nodeprep config check`; the checkup's ConfigMap
+//! (with its commented example too) by the checkup's own spec parser.
 //!
 //! No cluster runs here: these are static checks, plus the real binary for what it must accept.
 
@@ -51,16 +52,21 @@ impl Doc {
     }
 }
 
-/// Every document of every `*.yaml`/`*.yml` file under `daemonset/`, in file order; empty
+/// Every document of every `*.yaml`/`*.yml` file directly in `daemonset/`, in file order; empty
 /// documents (a trailing `---`) are skipped.
 fn load_all() -> Vec<Doc> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(manifest_dir())
-        .expect("read daemonset/")
-        .map(|e| e.expect("daemonset/ entry").path())
+    load_dir(&manifest_dir())
+}
+
+/// Every document of every `*.yaml`/`*.yml` file directly in `dir` (not in its subdirectories).
+fn load_dir(dir: &Path) -> Vec<Doc> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "no YAML under {}", manifest_dir().display());
+    assert!(!files.is_empty(), "no YAML under {}", dir.display());
     let mut docs = Vec::new();
     for path in files {
         let file = path.file_name().expect("file name").to_string_lossy().into_owned();
@@ -637,4 +643,214 @@ fn the_image_entrypoint_is_what_the_daemonset_runs() {
     let c = container(one(&docs, "DaemonSet"));
     assert!(c["command"].is_null(), "the DaemonSet overrides the image's entrypoint: {:?}", c["command"]);
     assert!(c["image"].as_str().is_some_and(|i| i.contains("nodeprep")), "image {:?}", c["image"]);
+}
+
+// ---- the checkup (daemonset/checkup/) --------------------------------------------------------
+
+const CHECKUP_SA: &str = "nodeprep-checkup";
+const CHECKUP_CONFIG_MAP: &str = "nodeprep-checkup-config";
+
+fn checkup_dir() -> PathBuf {
+    manifest_dir().join("checkup")
+}
+
+fn checkup_objects() -> Vec<Doc> {
+    load_dir(&checkup_dir()).into_iter().filter(|d| d.kind() != "Kustomization").collect()
+}
+
+fn checkup_job(docs: &[Doc]) -> &Doc {
+    one(docs, "Job")
+}
+
+/// The Job's one container.
+fn checkup_container(job: &Doc) -> &Value {
+    let containers = seq(&job.value["spec"]["template"]["spec"]["containers"], "Job containers");
+    assert_eq!(containers.len(), 1, "the checkup Job runs one container");
+    &containers[0]
+}
+
+/// The Job's environment variable `name`.
+fn checkup_env<'a>(job: &'a Doc, name: &str) -> &'a Value {
+    seq(&checkup_container(job)["env"], "Job env")
+        .iter()
+        .find(|e| e["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("the checkup Job has no {name} in its env"))
+}
+
+/// The checkup ConfigMap's data as strings.
+fn checkup_data(docs: &[Doc]) -> BTreeMap<String, String> {
+    let cm = find(docs, "ConfigMap", CHECKUP_CONFIG_MAP)
+        .unwrap_or_else(|| panic!("ConfigMap {CHECKUP_CONFIG_MAP} does not exist in daemonset/checkup/"));
+    cm.value["data"]
+        .as_mapping()
+        .expect("checkup ConfigMap data")
+        .iter()
+        .map(|(k, v)| (text(k, "data key").to_owned(), text(v, "data value (quote numbers)").to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_checkup_has_its_own_kustomization_and_is_not_in_the_daemonsets() {
+    let main: Vec<String> = strings(&kustomization()["resources"], "kustomization resources");
+    assert!(
+        main.iter().all(|r| !r.starts_with("checkup")),
+        "the checkup is applied on demand, not with the DaemonSet: {main:?}"
+    );
+    let all = load_dir(&checkup_dir());
+    let k: Vec<&Doc> = all.iter().filter(|d| d.value["kind"].as_str() == Some("Kustomization")).collect();
+    assert_eq!(k.len(), 1, "exactly one Kustomization in daemonset/checkup/");
+    assert_eq!(k[0].file, "kustomization.yaml");
+    let k = &k[0].value;
+    assert_eq!(k["namespace"].as_str(), Some(NAMESPACE), "the checkup's namespace");
+    // The pod must not match the DaemonSet's selector (app.kubernetes.io/name: nodeprep).
+    assert_eq!(k["commonLabels"]["app.kubernetes.io/name"].as_str(), Some("nodeprep-checkup"));
+
+    let resources = strings(&k["resources"], "checkup kustomization resources");
+    let listed: BTreeSet<&str> = resources.iter().map(String::as_str).collect();
+    assert_eq!(listed.len(), resources.len(), "a resource listed twice: {resources:?}");
+    for r in &resources {
+        assert!(checkup_dir().join(r).is_file(), "the checkup kustomization lists {r}, which does not exist");
+    }
+    let docs = checkup_objects();
+    for d in &docs {
+        assert!(listed.contains(d.file.as_str()), "daemonset/checkup/{} is not in its kustomization", d.file);
+        assert!(d.value["apiVersion"].as_str().is_some_and(|v| !v.is_empty()), "{}: no apiVersion", d.at());
+        let ns = &d.value["metadata"]["namespace"];
+        if CLUSTER_SCOPED.contains(&d.kind()) {
+            assert!(ns.is_null(), "{}: a cluster-scoped object with a namespace", d.at());
+        } else {
+            assert!(NAMESPACED.contains(&d.kind()) || d.kind() == "Job", "{}: kind not known to this test", d.at());
+            assert_eq!(ns.as_str(), Some(NAMESPACE), "{}: metadata.namespace", d.at());
+        }
+    }
+    assert!(find(&docs, "Namespace", NAMESPACE).is_none(), "deleting the checkup must not delete the namespace");
+    // Its names are its own: deleting the checkup leaves the agent's objects alone.
+    let agent = objects();
+    for d in &docs {
+        assert!(find(&agent, d.kind(), d.name()).is_none(), "{} is also one of the agent's objects", d.at());
+    }
+}
+
+#[test]
+fn the_checkup_service_account_is_the_jobs_and_the_bindings_point_at_it() {
+    let docs = checkup_objects();
+    let job = checkup_job(&docs);
+    let sa = text(&job.value["spec"]["template"]["spec"]["serviceAccountName"], "Job serviceAccountName");
+    assert_eq!(sa, CHECKUP_SA);
+    assert!(find(&docs, "ServiceAccount", sa).is_some(), "ServiceAccount {sa} does not exist");
+    for (binding_kind, role_kind) in [("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")] {
+        let b = one(&docs, binding_kind);
+        let role_ref = &b.value["roleRef"];
+        assert_eq!(role_ref["apiGroup"].as_str(), Some("rbac.authorization.k8s.io"), "{}: roleRef.apiGroup", b.at());
+        assert_eq!(role_ref["kind"].as_str(), Some(role_kind), "{}: roleRef.kind", b.at());
+        let role_name = text(&role_ref["name"], "roleRef.name");
+        assert!(find(&docs, role_kind, role_name).is_some(), "{}: {role_kind} {role_name} does not exist", b.at());
+        let subjects = seq(&b.value["subjects"], "subjects");
+        assert_eq!(subjects.len(), 1, "{}: one subject, the checkup", b.at());
+        assert_eq!(subjects[0]["kind"].as_str(), Some("ServiceAccount"), "{}", b.at());
+        assert_eq!(subjects[0]["name"].as_str(), Some(sa), "{}: subject name", b.at());
+        assert_eq!(subjects[0]["namespace"].as_str(), Some(NAMESPACE), "{}: subject namespace", b.at());
+    }
+}
+
+#[test]
+fn the_checkup_rbac_is_its_configmap_and_reading_nodes() {
+    let docs = checkup_objects();
+    // The ConfigMap the Job is told about is the one the Role grants, and the one shipped.
+    let job = checkup_job(&docs);
+    let name = checkup_env(job, "CONFIGMAP_NAME");
+    assert_eq!(name["value"].as_str(), Some(CHECKUP_CONFIG_MAP), "CONFIGMAP_NAME");
+    assert!(find(&docs, "ConfigMap", CHECKUP_CONFIG_MAP).is_some());
+    assert_eq!(
+        rules(one(&docs, "Role")),
+        expect_rules(&[
+            ("", "configmaps", &[CHECKUP_CONFIG_MAP], &["get", "update", "patch"]),
+            ("security.openshift.io", "securitycontextconstraints", &["privileged"], &["use"]),
+        ]),
+    );
+    assert_eq!(rules(one(&docs, "ClusterRole")), expect_rules(&[("", "nodes", &[], &["get"])]));
+}
+
+#[test]
+fn the_checkup_job_follows_the_framework_and_reads_the_host() {
+    let docs = checkup_objects();
+    let job = checkup_job(&docs);
+    let spec = &job.value["spec"];
+    let pod = &spec["template"]["spec"];
+    let c = checkup_container(job);
+    assert_eq!(job.value["apiVersion"].as_str(), Some("batch/v1"));
+    assert_eq!(pod["restartPolicy"].as_str(), Some("Never"));
+    assert_eq!(spec["backoffLimit"].as_i64(), Some(0));
+
+    // The framework's variables and the node, from the downward API.
+    let ns = checkup_env(job, "CONFIGMAP_NAMESPACE");
+    assert_eq!(ns["valueFrom"]["fieldRef"]["fieldPath"].as_str(), Some("metadata.namespace"));
+    let node = checkup_env(job, "NODE_NAME");
+    assert_eq!(node["valueFrom"]["fieldRef"]["fieldPath"].as_str(), Some("spec.nodeName"));
+
+    // It runs where the ConfigMap says it must.
+    let data = checkup_data(&docs);
+    assert_eq!(
+        pod["nodeSelector"]["kubernetes.io/hostname"].as_str(),
+        data.get("spec.param.nodeName").map(String::as_str),
+        "the Job's nodeSelector and spec.param.nodeName name the same node"
+    );
+
+    // The host's / read-only at --host-root.
+    let args = strings(&c["args"], "Job args");
+    assert_eq!(args.last().map(String::as_str), Some("checkup"), "{args:?}");
+    let host_root = flag(&args, "--host-root");
+    let volumes = seq(&pod["volumes"], "Job volumes");
+    assert_eq!(volumes.len(), 1, "one volume, the host's /");
+    assert_eq!(volumes[0]["hostPath"]["path"].as_str(), Some("/"));
+    let mounts = seq(&c["volumeMounts"], "Job volumeMounts");
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts[0]["name"], volumes[0]["name"], "the mount is the hostPath volume");
+    assert_eq!(mounts[0]["mountPath"].as_str(), Some(host_root.as_str()), "--host-root is where / is mounted");
+    assert_eq!(mounts[0]["readOnly"].as_bool(), Some(true), "the checkup changes nothing on the host");
+
+    // /dev/kvm opens only in a privileged container; the same image as the agent's.
+    assert_eq!(c["securityContext"]["privileged"].as_bool(), Some(true), "privileged");
+    assert_eq!(
+        job.value["spec"]["template"]["metadata"]["annotations"]["openshift.io/required-scc"].as_str(),
+        Some("privileged")
+    );
+    let agent = objects();
+    assert_eq!(c["image"], container(one(&agent, "DaemonSet"))["image"], "the checkup's image is the agent's");
+    assert!(c["command"].is_null(), "the image's entrypoint runs");
+
+    // The Job's own deadline is a safety net above the checkup's timeout.
+    let timeout = nodeprep::checkup::parse_go_duration(&data["spec.timeout"]).expect("spec.timeout");
+    let deadline = int(&spec["activeDeadlineSeconds"], "activeDeadlineSeconds");
+    assert!(deadline as u64 > timeout.as_secs() + 60, "activeDeadlineSeconds {deadline} vs spec.timeout {timeout:?}");
+
+    // And the binary accepts the arguments.
+    let mut args = args;
+    args.push("--help".into());
+    let out = Command::new(env!("CARGO_BIN_EXE_nodeprep")).args(&args).output().expect("run nodeprep");
+    assert!(out.status.success(), "nodeprep {} refused the Job's arguments:\n{}", args.join(" "), stderr(&out));
+}
+
+#[test]
+fn the_checkup_configmap_is_a_valid_spec_with_its_example_uncommented_too() {
+    let docs = checkup_objects();
+    let data = checkup_data(&docs);
+    let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["spec.param.nodeName", "spec.param.requirements", "spec.timeout"], "no status.* as shipped");
+    let spec = nodeprep::checkup::parse_spec(&data).unwrap_or_else(|e| panic!("the shipped spec is refused: {e:?}"));
+    assert_eq!(spec.timeout_text, "5m");
+    use nodeprep::eligibility::Requirement;
+    assert_eq!(spec.requirements, [Requirement::Kvm, Requirement::Iommu, Requirement::Passthrough]);
+    assert!(spec.resources.is_empty());
+
+    // The commented spec.param.resources line, uncommented, is valid as well.
+    let text = std::fs::read_to_string(checkup_dir().join("configmap.yaml")).expect("read configmap.yaml");
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("# spec.param.resources:"))
+        .expect("a commented spec.param.resources example");
+    let mut data = data;
+    data.insert("spec.param.resources".into(), line.trim().into());
+    let spec = nodeprep::checkup::parse_spec(&data).unwrap_or_else(|e| panic!("the example is refused: {e:?}"));
+    assert_eq!(spec.resources, ["nvidia.com/TU104GL_Tesla_T4"]);
 }

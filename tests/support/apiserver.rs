@@ -3,7 +3,7 @@
 //!
 //! It records every request exactly as it arrived on the wire (method, path, query, content
 //! type, body) and answers like the API server for what nodeprep uses:
-//! - `GET /api/v1/nodes/<name>`; a watch on `/api/v1/nodes?watch=true&fieldSelector=...`
+//! - `GET /api/v1/nodes/<name>` (with the `status.allocatable` a test sets, [`ApiServer::set_allocatable`]); a watch on `/api/v1/nodes?watch=true&fieldSelector=...`
 //!   (chunked, one JSON event per line, resuming from `resourceVersion`); a request for the node
 //!   collection without `fieldSelector=metadata.name=<name>` is answered 403, as RBAC scoped to
 //!   one node would;
@@ -17,7 +17,7 @@
 //!   `resourceVersion`).
 //!
 //! Faults are queued per method and path prefix: an error status, or no answer at all
-//! ([`Fault::Hang`]). Other managers' edits (`kubectl label`) are [`ApiServer::label_as`].
+//! ([`Fault::Hang`]), for the next matching request or one after a few ([`ApiServer::fail_after`]). Other managers' edits (`kubectl label`) are [`ApiServer::label_as`].
 //! It runs on a thread of its own, so tests drive it from any runtime or from a child process.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -71,6 +71,8 @@ pub struct NodeState {
     pub labels: BTreeMap<String, String>,
     /// label key -> (manager, operation) owners.
     pub owners: BTreeMap<String, BTreeSet<(String, String)>>,
+    /// `status.allocatable` (resource -> quantity); `status` is `{}` while empty.
+    pub allocatable: BTreeMap<String, String>,
 }
 
 #[derive(Debug)]
@@ -83,7 +85,8 @@ pub struct State {
     pub events: Vec<Value>,
     /// (namespace, name) -> (resourceVersion, data)
     pub configmaps: BTreeMap<(String, String), (u64, BTreeMap<String, String>)>,
-    faults: VecDeque<(String, String, Fault)>,
+    /// (method, path prefix, matching requests to let through first, fault).
+    faults: VecDeque<(String, String, usize, Fault)>,
     /// Seconds an unanswered (hung) request is held.
     pub watch_cap: Duration,
 }
@@ -105,11 +108,16 @@ impl State {
                        "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:labels": labels}}})
             })
             .collect();
+        let status = if self.node.allocatable.is_empty() {
+            json!({})
+        } else {
+            json!({"allocatable": self.node.allocatable, "capacity": self.node.allocatable})
+        };
         json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": self.node.name, "uid": self.node.uid, "resourceVersion": self.rv.to_string(),
                          "labels": self.node.labels, "managedFields": managed},
-            "spec": {}, "status": {}
+            "spec": {}, "status": status
         })
     }
 
@@ -247,7 +255,14 @@ impl ApiServer {
             labels.keys().map(|k| (k.clone(), BTreeSet::from([("kubelet".to_owned(), "Update".to_owned())]))).collect();
         let mut state = State {
             requests: vec![],
-            node: NodeState { name: node.into(), uid: format!("uid-{node}"), exists: true, labels, owners },
+            node: NodeState {
+                name: node.into(),
+                uid: format!("uid-{node}"),
+                exists: true,
+                labels,
+                owners,
+                allocatable: BTreeMap::new(),
+            },
             rv: 100,
             history: vec![],
             events: vec![],
@@ -349,7 +364,27 @@ impl ApiServer {
 
     /// The next request with this method whose path starts with `path_prefix` gets `fault`.
     pub fn fail_next(&self, method: &str, path_prefix: &str, fault: Fault) {
-        self.state().faults.push_back((method.into(), path_prefix.into(), fault));
+        self.fail_after(method, path_prefix, 0, fault);
+    }
+
+    /// Like [`ApiServer::fail_next`], after `skip` matching requests are answered normally (the
+    /// second PATCH of a ConfigMap, not the first).
+    pub fn fail_after(&self, method: &str, path_prefix: &str, skip: usize, fault: Fault) {
+        self.state().faults.push_back((method.into(), path_prefix.into(), skip, fault));
+    }
+
+    /// Sets (`Some`) or removes (`None`) one resource in the Node's `status.allocatable` (and
+    /// `capacity`), as the kubelet does when a device plugin advertises it.
+    pub fn set_allocatable(&self, resource: &str, quantity: Option<&str>) {
+        let mut s = self.state();
+        match quantity {
+            Some(q) => s.node.allocatable.insert(resource.into(), q.into()),
+            None => s.node.allocatable.remove(resource),
+        };
+        s.changed("MODIFIED");
+        let rv = s.rv;
+        drop(s);
+        self.bump.send_replace(rv);
     }
 
     pub fn faults_pending(&self) -> usize {
@@ -447,11 +482,16 @@ async fn serve_conn(conn: TcpStream, state: Arc<Mutex<State>>, bump: watch::Send
         let (fault, is_watch) = {
             let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
             s.requests.push(req.clone());
-            let i = s.faults.iter().position(|(m, p, _)| *m == req.method && req.path.starts_with(p.as_str()));
-            (
-                i.and_then(|i| s.faults.remove(i)).map(|f| f.2),
-                query.get("watch").is_some_and(|w| w == "true" || w == "1"),
-            )
+            let i = s.faults.iter().position(|(m, p, _, _)| *m == req.method && req.path.starts_with(p.as_str()));
+            let fault = match i {
+                Some(i) if s.faults[i].2 > 0 => {
+                    s.faults[i].2 -= 1;
+                    None
+                }
+                Some(i) => s.faults.remove(i).map(|f| f.3),
+                None => None,
+            };
+            (fault, query.get("watch").is_some_and(|w| w == "true" || w == "1"))
         };
         let stream = reader.get_mut();
         match fault {
