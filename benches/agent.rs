@@ -117,6 +117,37 @@ fn main() {
         );
     }
 
+    // The same agent on a small host (intel_gpu_server, a few dozen functions): what the
+    // process costs before any inventory.
+    {
+        let small = support::intel_gpu_server();
+        let kubelet = spawn_kubelet(small.path(PLUGIN_DIR));
+        let api = ApiServer::start(NODE, &[]);
+        let kubeconfig = api.write_kubeconfig(dir.path());
+        let small_config = dir.path().join("small.yaml");
+        std::fs::write(&small_config, "").expect("config");
+        let mut agent = Agent::start(AgentSpec {
+            host_root: small.root(),
+            config: &small_config,
+            plugin_dir: kubelet.dir(),
+            kubeconfig: Some(&kubeconfig),
+            node_name: NODE,
+            log: dir.path().join("agent-small.log"),
+            extra: &[],
+        });
+        assert!(agent.wait_ready(Duration::from_secs(30)), "{}", agent.logs());
+        std::thread::sleep(Duration::from_secs(2));
+        let (anon, file) = agent.rss_breakdown_kib();
+        println!(
+            "for comparison, on a {}-function host: RSS {:.1} MiB ({:.1} anonymous, {:.1} file-backed)",
+            nodeprep::host::pci::discover(&HostRoot::new(small.root())).map(|i| i.devices.len()).unwrap_or(0),
+            (anon + file) as f64 / 1024.0,
+            anon as f64 / 1024.0,
+            file as f64 / 1024.0
+        );
+        let _ = agent.terminate();
+    }
+
     let idle: u64 = std::env::var("NODEPREP_IDLE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     let (mut agent, api) = last.expect("a run");
     let (ticks0, _) = agent.cpu_ticks_and_rss_kib();

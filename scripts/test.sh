@@ -29,3 +29,4 @@ echo "== benchmarks"
 cargo bench --locked --bench scan
 cargo bench --locked --bench bind
 cargo bench --locked --bench deviceplugin
+cargo bench --locked --bench agent

@@ -91,6 +91,7 @@ fn bind_per_config(root: &HostRoot, config: &Config, observer: &Observer, events
         Ok((_, outcomes)) => {
             observer.record_bind(&outcomes);
             events.record_outcomes(&outcomes);
+            events.forget("bind");
             let failed = outcomes.iter().any(|o| matches!(o.outcome.as_str(), "failed" | "rolled-back"));
             for o in outcomes {
                 match o.detail {
@@ -172,7 +173,9 @@ fn assess(root: &HostRoot, inv: Option<Arc<PciInventory>>) -> Option<Assessment>
     };
     let partial =
         !facts.warnings.is_empty() || !inv.warnings.is_empty() || inv.devices.iter().any(|d| !d.warnings.is_empty());
-    let report = crate::eligibility::evaluate(&facts, &inv);
+    let mut report = crate::eligibility::evaluate(&facts, &inv);
+    // Labels need the verdicts only; the per-group details are thousands of entries on big hosts.
+    report.iommu_groups.groups = Vec::new();
     Some(Assessment { facts, report, partial })
 }
 
@@ -242,6 +245,7 @@ async fn watch_config(
             Ok(c) => {
                 tracing::info!(config = %path.display(), entries = c.entries.len(), "config reloaded");
                 observer.record_config_reload(true);
+                events.forget("config");
                 tx.send_replace(Arc::new(c));
             }
             Err(e) => {
@@ -266,27 +270,6 @@ fn concerns_config(changed: Option<&str>, config_file: Option<&str>) -> bool {
     }
 }
 
-/// glibc's allocator gives every thread that allocates an arena of its own and keeps freed
-/// memory in it: the blocking threads that scan 4,096 functions would each leave megabytes
-/// behind. One arena, trimmed after each scan, keeps the agent's resident memory at what it
-/// holds. (Other C libraries: nothing to do.)
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before the agent starts threads.
-    unsafe {
-        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
-    }
-}
-
-/// Returns freed heap pages to the kernel (after a scan's temporaries are dropped).
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
-    unsafe {
-        nix::libc::malloc_trim(0);
-    }
-}
-
 /// The cluster side, when there is a cluster.
 struct Cluster {
     status: watch::Receiver<LabelStatus>,
@@ -295,7 +278,7 @@ struct Cluster {
 /// Runs the agent until `shutdown` resolves: then device-plugin streams get an empty list and
 /// the sockets are removed.
 pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    limit_malloc_arenas();
+    crate::alloc::limit_arenas();
     // Bind the port first: a port already taken fails the start, not a probe later.
     let observer = Observer::new();
     let listener =
@@ -364,7 +347,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         publish_labels(&desired_tx, desired_labels(a, ready, manage_kata(&config_view.borrow())), cluster.is_some());
     }
 
-    release_freed_memory();
+    crate::alloc::release_freed();
     let monitor_task = tokio::spawn(monitor.run(stopped(stop_rx.clone())));
     let config_task = tokio::spawn(watch_config(opts.config_path.clone(), config_tx, observer.clone(), events.clone()));
     let http_task = tokio::spawn(observe::serve(listener, observer.clone(), stopped(stop_rx.clone())));
@@ -425,6 +408,16 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         }
     }
     tracing::info!("shutting down: withdrawing devices and removing plugin sockets");
+    if let (Some(c), Some(a)) = (&cluster, &assessment) {
+        // The devices go with the agent: the node is no longer ready. The other labels stay
+        // (facts about the host). Best effort, 2 s at most: a pod being stopped has little time.
+        publish_labels(&desired_tx, desired_labels(a, false, manage_kata(&config_view.borrow())), true);
+        let mut status = c.status.clone();
+        let unready = status.wait_for(|s| s.applied && !s.labels.contains_key(crate::labels::READY));
+        if tokio::time::timeout(Duration::from_secs(2), unready).await.is_err() {
+            tracing::warn!("could not remove {} from the Node in time", crate::labels::READY);
+        }
+    }
     let _ = stop_tx.send(true);
     handle.shutdown().await;
     config_task.abort();

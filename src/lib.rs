@@ -17,6 +17,7 @@
 //!   result live in a ConfigMap.
 
 pub mod agent;
+pub mod alloc;
 pub mod bind;
 pub mod checkup;
 pub mod cluster;

@@ -109,13 +109,16 @@ Examples:\n  nodeprep unbind\n  nodeprep unbind 0000:3b:00.0 0000:3b:00.1\n  nod
     /// Work with the config file.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Run the node agent: bind per config, serve the device plugins, react to events.
-    #[command(after_help = "Binds what the config selects, serves one kubelet device plugin per resource \
-(sockets in the kubelet's plugin directory, registered with kubelet.sock; Kubernetes 1.26 or newer), \
-and keeps them right: kernel uevents and /dev/vfio changes are seen in milliseconds, a kubelet \
-restart is answered by registering again, the config file is reloaded when it changes (an invalid \
-one is refused and the last good one keeps running), and a periodic rescan is the safety net. \
-SIGTERM withdraws the devices and removes the sockets.\n\nExamples:\n  \
+    /// Run the node agent: bind per config, serve the device plugins, label the node, react to events.
+    #[command(after_help = "Reserves the config's huge pages, binds what the config selects, serves one \
+kubelet device plugin per resource (sockets in the kubelet's plugin directory, registered with \
+kubelet.sock; Kubernetes 1.26 or newer), and keeps them right: kernel uevents and /dev/vfio changes \
+are seen in milliseconds, a kubelet restart is answered by registering again, the config file is \
+reloaded when it changes (an invalid one is refused and the last good one keeps running), and a \
+periodic rescan is the safety net. With a cluster (--kubeconfig, KUBECONFIG, the in-cluster service \
+account or ~/.kube/config) it server-side applies the node labels (field manager nodeprep, only \
+when they differ) and posts Events on the Node; without one (or with --no-kube) it logs the labels. \
+SIGTERM withdraws the devices, removes the sockets and the nodeprep.io/ready label.\n\nExamples:\n  \
 nodeprep --host-root /host run --config /etc/nodeprep/config.yaml\n  \
 nodeprep run --config config.yaml --no-bind --log-level info")]
     Run {
@@ -407,7 +410,6 @@ fn error_text(e: &anyhow::Error) -> String {
     text
 }
 
-/// Discovers the host's PCI devices; a failure names the host root, the likeliest mistake.
 /// The cluster the agent talks to, if any (see `cluster::pick_source`), and its node name.
 async fn cluster_options(
     root: &HostRoot,
@@ -436,6 +438,7 @@ async fn cluster_options(
     Ok(Some(nodeprep::agent::ClusterOptions { client, labeler: cluster::node::LabelerOptions::new(node_name) }))
 }
 
+/// Discovers the host's PCI devices; a failure names the host root, the likeliest mistake.
 fn discover(root: &HostRoot) -> anyhow::Result<nodeprep::model::PciInventory> {
     host::pci::discover(root).with_context(|| {
         format!("cannot discover PCI devices under host root {} (is --host-root the host's /?)", root.path().display())

@@ -1,5 +1,5 @@
 //! What the agent shows operators on a small HTTP port: `/healthz` (the agent loop is alive),
-//! `/readyz` (every device plugin is registered) and `/metrics` (Prometheus text format 0.0.4).
+//! `/readyz` (every device plugin is registered and, with a cluster, the node labels applied) and `/metrics` (Prometheus text format 0.0.4).
 //!
 //! Three layers, as elsewhere in the crate:
 //! - [`Observer`]: a shared handle the agent updates as things happen (binds, config reloads,

@@ -133,7 +133,13 @@ fn the_agent_labels_its_node_once_reloads_its_config_and_posts_events() {
         agent.logs()
     );
 
+    // Stopped: the devices are withdrawn, so `ready` goes; the facts about the host stay.
+    let before_stop = nodeprep_labels(&api);
     assert_eq!(agent.terminate(), Some(0), "{}", agent.logs());
+    let mut after = before_stop.clone();
+    after.remove(nodeprep::labels::READY);
+    assert!(before_stop.contains_key(nodeprep::labels::READY));
+    assert_eq!(nodeprep_labels(&api), after);
 }
 
 #[test]

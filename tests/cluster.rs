@@ -321,6 +321,22 @@ fn an_api_server_that_does_not_answer_times_out_and_is_retried() {
 }
 
 #[test]
+fn a_failed_rewatch_does_not_make_the_labels_unapplied() {
+    let api = ApiServer::start(NODE, &[]);
+    let mut opts = fast_options();
+    opts.watch_timeout_secs = 1;
+    let run = start(&api, desired(&[KVM]), opts);
+    assert!(converged(&api, &[KVM]));
+    assert!(wait_applied(&run));
+    // The API server ends the watch after 1 s; the next watch is refused once.
+    api.fail_next("GET", "/api/v1/nodes", Fault::Status(500));
+    let watches = |s: &support::apiserver::State| s.requests.iter().filter(|r| r.query.contains_key("watch")).count();
+    assert!(api.wait_until(Duration::from_secs(5), |s| watches(s) >= 3), "watch renewed after the refusal");
+    assert!(run.status.borrow().applied, "the Node still carries the labels: {:?}", run.status.borrow());
+    assert_eq!(patches(&api).len(), 1, "no write for a renewed watch");
+}
+
+#[test]
 fn labels_wait_until_they_are_known() {
     let api = ApiServer::start(NODE, &[]);
     let run = start(&api, None, fast_options());

@@ -1,8 +1,9 @@
 //! The deployment manifests (`daemonset/`, and the checkup's in `daemonset/checkup/`) and the
 //! `Containerfile`: every YAML file parses, and their references line up with each other, with the
 //! binary's flags and with the image: the kustomization's resources, namespaces, the service
-//! account and RBAC bindings, volumes and mounts, the config map and the `--config` path, the
-//! plugin directory, the health port and the probes, the entrypoint. The shipped config (and each
+//! account and its token, the RBAC rules (verb for verb what the agent sends) and bindings,
+//! volumes and mounts, the config map and the `--config` path, the plugin directory, the health
+//! port and the probes, the entrypoint. The shipped config (and each
 //! example in it, uncommented) is accepted by `nodeprep config check`; the checkup's ConfigMap
 //! (with its commented example too) by the checkup's own spec parser.
 //!
@@ -303,30 +304,63 @@ fn rbac_grants_exactly_what_the_agent_uses() {
         }
     }
 
-    // Cluster-wide: its Node (labels by server-side apply, a watch on its own name) and Events
-    // on the Node, which land in "default".
+    // Cluster-wide, exactly the agent's requests (src/cluster/): GET of its Node, a WATCH of
+    // /api/v1/nodes with fieldSelector=metadata.name=<node> (so no "list"), the server-side apply
+    // PATCH of its labels (the Node exists: no "create"), and a POST of each core/v1 Event on the
+    // Node, which lands in "default" (never updated: no "patch"; never events.k8s.io).
     let cluster = one(&docs, "ClusterRole");
     assert_eq!(
         rules(cluster),
-        expect_rules(&[
-            ("", "nodes", &[], &["get", "watch", "patch"]),
-            ("", "events", &[], &["create", "patch"]),
-            ("events.k8s.io", "events", &[], &["create", "patch"]),
-        ]),
+        expect_rules(&[("", "nodes", &[], &["get", "watch", "patch"]), ("", "events", &[], &["create"])]),
         "{}",
         cluster.at()
     );
-    // Its namespace only: its ConfigMap, and on OpenShift the privileged SCC.
+    // Its namespace only: reading its own ConfigMap (by name; the agent itself reads the mounted
+    // volume), and on OpenShift the privileged SCC.
     let role = one(&docs, "Role");
     assert_eq!(
         rules(role),
         expect_rules(&[
-            ("", "configmaps", &[], &["get", "watch", "list"]),
+            ("", "configmaps", &[CONFIG_MAP], &["get"]),
             ("security.openshift.io", "securitycontextconstraints", &["privileged"], &["use"]),
         ]),
         "{}",
         role.at()
     );
+    // The ConfigMap the Role names is the one the DaemonSet mounts.
+    let ds = one(&docs, "DaemonSet");
+    let volumes = volumes(ds);
+    let mounted: Vec<&str> = volumes.values().filter_map(|v| v["configMap"]["name"].as_str()).collect();
+    assert_eq!(mounted, [CONFIG_MAP], "the ConfigMap the DaemonSet mounts");
+}
+
+/// The agent finds the API server as a pod does (`KUBERNETES_SERVICE_HOST` and the service
+/// account's token) and its Node by `NODE_NAME`: nothing in the args may take that away.
+#[test]
+fn the_agent_reaches_the_api_server_as_its_service_account() {
+    let docs = objects();
+    let ds = one(&docs, "DaemonSet");
+    let pod = pod_spec(ds);
+    // The pod's setting wins over the service account's; both must leave the token mounted.
+    assert_eq!(pod["automountServiceAccountToken"].as_bool(), Some(true), "the pod mounts its token");
+    let sa = find(&docs, "ServiceAccount", text(&pod["serviceAccountName"], "serviceAccountName")).expect("account");
+    assert_ne!(sa.value["automountServiceAccountToken"].as_bool(), Some(false), "{}", sa.at());
+
+    let args = args(ds);
+    for f in ["--no-kube", "--kubeconfig", "--node-name"] {
+        assert!(
+            !args.iter().any(|a| a == f || a.starts_with(&format!("{f}="))),
+            "{f} in the DaemonSet's args: the in-cluster service account and NODE_NAME are enough: {args:?}"
+        );
+    }
+    let c = container(ds);
+    let env = seq(&c["env"], "env");
+    let names: Vec<&str> = env.iter().filter_map(|e| e["name"].as_str()).collect();
+    // KUBECONFIG would win over the in-cluster config.
+    assert!(!names.contains(&"KUBECONFIG"), "KUBECONFIG in the env: {names:?}");
+    let node_name = env.iter().find(|e| e["name"].as_str() == Some("NODE_NAME")).expect("NODE_NAME in env");
+    assert!(node_name["value"].is_null(), "NODE_NAME must come from the downward API, not a fixed value");
+    assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"].as_str(), Some("spec.nodeName"), "NODE_NAME source");
 }
 
 // ---- the DaemonSet: volumes, config, plugin directory, host root -----------------------------

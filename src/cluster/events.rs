@@ -191,7 +191,15 @@ impl Recorder {
         }
         if tx.try_send(ev).is_err() {
             tracing::warn!(subject, "event queue full; event dropped");
+            // Not sent: the same news later is still news.
+            self.forget(subject);
         }
+    }
+
+    /// The subject is back in its wanted state: its next Event is posted even if it repeats
+    /// an earlier one (bad config, good config, the same bad config again: two Events).
+    pub fn forget(&self, subject: &str) {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).remove(subject);
     }
 
     /// Queues the Events for huge page reservations.
@@ -200,9 +208,7 @@ impl Recorder {
             let subject = format!("hugepages-{}-{}", o.size(), o.pool());
             match for_hugepages(o) {
                 Some(ev) => self.record(&subject, ev),
-                None => {
-                    self.last.lock().unwrap_or_else(|p| p.into_inner()).remove(&subject);
-                }
+                None => self.forget(&subject),
             }
         }
     }
@@ -213,9 +219,7 @@ impl Recorder {
             match for_outcome(o) {
                 Some(ev) => self.record(&o.address.to_string(), ev),
                 // Back in its wanted state: a later refusal is news again.
-                None => {
-                    self.last.lock().unwrap_or_else(|p| p.into_inner()).remove(&o.address.to_string());
-                }
+                None => self.forget(&o.address.to_string()),
             }
         }
     }
@@ -234,6 +238,26 @@ mod tests {
             vfio_device: (outcome == "bound").then(|| "/dev/vfio/12".to_owned()),
             writes: 3,
         }
+    }
+
+    #[tokio::test]
+    async fn repeats_are_dropped_until_the_subject_is_forgotten() {
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let rec = Recorder { tx: Some(tx), last: Arc::default() };
+        let bad = NodeEvent::warning("ConfigRefused", "bad");
+        rec.record("config", bad.clone());
+        rec.record("config", bad.clone());
+        assert_eq!(rx.try_recv().ok(), Some(bad.clone()));
+        assert!(rx.try_recv().is_err(), "the repeat is dropped");
+        // A good config in between: the same bad config again is news.
+        rec.forget("config");
+        rec.record("config", bad.clone());
+        assert_eq!(rx.try_recv().ok(), Some(bad));
+        // Outcomes back in their wanted state forget their device.
+        rec.record_outcomes(&[outcome("refused", Some("x"))]);
+        rec.record_outcomes(&[outcome("already-bound", None)]);
+        rec.record_outcomes(&[outcome("refused", Some("x"))]);
+        assert_eq!(std::iter::from_fn(|| rx.try_recv().ok()).count(), 2);
     }
 
     #[test]

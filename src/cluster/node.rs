@@ -84,6 +84,14 @@ impl Labeler {
         Instant::now() + delay
     }
 
+    /// A failed or refused watch: logged, retried after a backoff. The labels' status is left
+    /// as it is: the Node still carries what it carried.
+    fn retry_watch(&mut self, e: &ClusterError) -> Instant {
+        let delay = self.backoff.next_delay();
+        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "watching the own Node");
+        Instant::now() + delay
+    }
+
     /// One look: read the Node if needed, plan, and apply if the plan says so.
     async fn reconcile(&mut self, desired: Option<&Desired>) -> Result<(), ClusterError> {
         if self.node.is_none() {
@@ -195,8 +203,10 @@ pub async fn run(
                 Ok(s) => {
                     events = Some(s);
                     watch_started = Instant::now();
+                    // Look again (no request when nothing changed): the status may be stale.
+                    due.get_or_insert_with(Instant::now);
                 }
-                Err(e) => watch_due = Some(l.fail(&e)),
+                Err(e) => watch_due = Some(l.retry_watch(&e)),
             }
         }
         let next_wake = [due, watch_due].into_iter().flatten().min();
@@ -247,7 +257,7 @@ pub async fn run(
                     }
                     Some(Err(e)) => {
                         events = None;
-                        watch_due = Some(l.fail(&ClusterError::Request {
+                        watch_due = Some(l.retry_watch(&ClusterError::Request {
                             operation: "WATCH",
                             path: "/api/v1/nodes".into(),
                             status: None,

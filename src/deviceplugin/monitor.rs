@@ -339,6 +339,8 @@ impl Monitor {
                     MonitorStats::bump(&self.stats.updates_sent);
                     tracing::info!(took_us = took.as_micros() as u64, "devices changed");
                 }
+                // The scan's temporaries (and the previous inventory) are freed now.
+                crate::alloc::release_freed();
             }
             Err(e) => {
                 MonitorStats::bump(&self.stats.rescans);
