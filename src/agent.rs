@@ -8,8 +8,9 @@
 //!
 //! With a cluster, the node labels are kept on the Node by [`crate::cluster::node`] and every
 //! bind outcome is posted as an Event; without one, the same loop logs the labels it would
-//! apply. Labels are recomputed when their inputs change: the config, the plugins' registration,
-//! the bind result, and the periodic resync (a fresh scan). A host that cannot be read leaves
+//! apply. Labels are recomputed when their inputs change: the device monitor's inventory (no scan
+//! of their own), the config, the plugins' registration, the bind result, and the periodic
+//! resync (the host facts read again: huge pages, modules, /dev/kvm). A host that cannot be read leaves
 //! them as they are; a partial read may add labels but never removes one.
 
 use std::future::Future;
@@ -151,19 +152,9 @@ struct Assessment {
     partial: bool,
 }
 
-/// Reads the host facts and evaluates them against `inv` (a fresh scan when `None`). `None`
-/// when the host cannot be read at all: the labels are then left as they are.
-fn assess(root: &HostRoot, inv: Option<Arc<PciInventory>>) -> Option<Assessment> {
-    let inv = match inv {
-        Some(inv) => inv,
-        None => match crate::host::pci::discover(root) {
-            Ok(inv) => Arc::new(inv),
-            Err(e) => {
-                tracing::warn!(error = %e, "PCI scan failed; node labels left as they are");
-                return None;
-            }
-        },
-    };
+/// Reads the host facts and evaluates them against `inv`, the device monitor's latest
+/// inventory. `None` when the host facts cannot be read: the labels are then left as they are.
+fn assess(root: &HostRoot, inv: &PciInventory) -> Option<Assessment> {
     let facts = match crate::host::system::read_system(root) {
         Ok(f) => f,
         Err(e) => {
@@ -173,15 +164,20 @@ fn assess(root: &HostRoot, inv: Option<Arc<PciInventory>>) -> Option<Assessment>
     };
     let partial =
         !facts.warnings.is_empty() || !inv.warnings.is_empty() || inv.devices.iter().any(|d| !d.warnings.is_empty());
-    let mut report = crate::eligibility::evaluate(&facts, &inv);
+    let mut report = crate::eligibility::evaluate(&facts, inv);
     // Labels need the verdicts only; the per-group details are thousands of entries on big hosts.
     report.iommu_groups.groups = Vec::new();
     Some(Assessment { facts, report, partial })
 }
 
+/// [`assess`] on a blocking thread. No inventory (every scan so far failed): `None`.
 async fn assess_blocking(root: &HostRoot, inv: Option<Arc<PciInventory>>) -> Option<Assessment> {
+    let Some(inv) = inv else {
+        tracing::warn!("no PCI inventory yet; node labels left as they are");
+        return None;
+    };
     let root = root.clone();
-    tokio::task::spawn_blocking(move || assess(&root, inv)).await.ok().flatten()
+    tokio::task::spawn_blocking(move || assess(&root, &inv)).await.ok().flatten()
 }
 
 /// Pure: the labels nodeprep wants from an assessment.
@@ -327,6 +323,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     observer.set_monitor(monitor.stats());
     observer.set_devices(&devices.borrow());
     let mut devices_view = monitor.subscribe();
+    let mut inventory = monitor.inventory_updates();
 
     let mut mopts = ManagerOptions::new(opts.root.clone());
     if let Some(dir) = &opts.plugin_dir {
@@ -341,7 +338,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     // Labels: from the monitor's first scan, then on every change of their inputs.
     let plugins_registered = |h: &crate::deviceplugin::manager::ManagerHandle| h.status().iter().all(|s| s.registered);
     let mut ready = bind_ok && plugins_registered(&handle);
-    let mut assessment = assess_blocking(&opts.root, monitor.inventory()).await;
+    let mut assessment = assess_blocking(&opts.root, inventory.borrow_and_update().clone()).await;
     let manage_kata = |c: &Config| c.node_labels.kata;
     if let Some(a) = &assessment {
         publish_labels(&desired_tx, desired_labels(a, ready, manage_kata(&config_view.borrow())), cluster.is_some());
@@ -367,6 +364,8 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
             }
             () = handle.registration_changed() => observer.set_plugins(handle.status()),
             Ok(()) = devices_view.changed() => observer.set_devices(&devices_view.borrow_and_update()),
+            // The monitor found a different inventory (a device added, removed or rebound).
+            Ok(()) = inventory.changed() => reassess = true,
             Ok(()) = config_view.changed() => {
                 let config = config_view.borrow_and_update().clone();
                 bind_ok = prepare_host(&opts, config, &observer, &events).await;
@@ -397,7 +396,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
             }
         }
         if reassess {
-            if let Some(a) = assess_blocking(&opts.root, None).await {
+            if let Some(a) = assess_blocking(&opts.root, inventory.borrow_and_update().clone()).await {
                 publish_labels(
                     &desired_tx,
                     desired_labels(&a, ready, manage_kata(&config_view.borrow())),

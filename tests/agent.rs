@@ -62,7 +62,8 @@ fn the_agent_labels_its_node_once_reloads_its_config_and_posts_events() {
     assert!(agent.wait_ready(WAIT), "never ready: {:?}\n{}", agent.get("/readyz"), agent.logs());
     let want = expected_labels(tree.root(), true, true);
     assert!(want.contains_key(nodeprep::labels::READY) && want.contains_key(nodeprep::labels::KATA), "{want:?}");
-    assert!(api.wait_until(WAIT, |_| true));
+    let carries = |s: &support::apiserver::State| want.iter().all(|(k, v)| s.node.labels.get(k) == Some(v));
+    assert!(api.wait_until(WAIT, carries), "{:?}\n{}", api.labels(), agent.logs());
     assert_eq!(nodeprep_labels(&api), want, "{}", agent.logs());
     let (_, body) = agent.get("/readyz").expect("readyz");
     assert!(body.contains("node labels applied"), "{body}");

@@ -216,6 +216,11 @@ pub async fn run(
                 if changed.is_err() {
                     return;
                 }
+                // Not applied until the Node is seen carrying the new set.
+                let differs = desired.borrow().as_ref().map(|d| &d.labels) != Some(&l.status.borrow().labels);
+                if differs {
+                    l.status.send_if_modified(|s| std::mem::replace(&mut s.applied, false));
+                }
                 // During a backoff the retry already pending will carry the new set.
                 if due.is_none() {
                     due = Some(Instant::now());

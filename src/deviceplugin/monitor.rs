@@ -199,7 +199,8 @@ pub struct Monitor {
     opts: MonitorOptions,
     tx: watch::Sender<ResourceDevices>,
     stats: Arc<MonitorStats>,
-    last: Option<Arc<PciInventory>>,
+    /// The inventory of the last good scan, published when it changes.
+    inventory: watch::Sender<Option<Arc<PciInventory>>>,
     notify: Arc<Notify>,
 }
 
@@ -218,7 +219,7 @@ impl Monitor {
             opts,
             tx,
             stats: Arc::new(MonitorStats::default()),
-            last: None,
+            inventory: watch::Sender::new(None),
             notify: Arc::new(Notify::new()),
         };
         let cfg = m.config.borrow_and_update().clone();
@@ -232,7 +233,13 @@ impl Monitor {
 
     /// The inventory of the last good scan (none when every scan so far failed).
     pub fn inventory(&self) -> Option<Arc<PciInventory>> {
-        self.last.clone()
+        self.inventory.borrow().clone()
+    }
+
+    /// The inventory as it changes: a new value after each scan that found something different
+    /// (the agent's labels follow it without a scan of their own).
+    pub fn inventory_updates(&self) -> watch::Receiver<Option<Arc<PciInventory>>> {
+        self.inventory.subscribe()
     }
 
     /// The counters; shared, they stay live while the monitor runs.
@@ -330,7 +337,7 @@ impl Monitor {
     async fn rescan(&mut self) {
         let root = self.root.clone();
         let config = self.config.borrow_and_update().clone();
-        let last = self.last.clone();
+        let last = self.inventory.borrow().clone();
         let started = std::time::Instant::now();
         match tokio::task::spawn_blocking(move || scan(&root, &config, last)).await {
             Ok(outcome) => {
@@ -359,7 +366,13 @@ impl Monitor {
             MonitorStats::bump(&s.failed_scans);
             tracing::warn!("device rescan failed, keeping the last good inventory: {e}");
         }
-        self.last = outcome.inventory;
+        self.inventory.send_if_modified(|cur| {
+            let changed = cur.as_deref() != outcome.inventory.as_deref();
+            if changed {
+                *cur = outcome.inventory.clone();
+            }
+            changed
+        });
         match outcome.devices {
             None => false,
             Some(Err(problems)) => {
