@@ -309,9 +309,18 @@ impl DevicePlugin for DevicePluginService {
         let name = &*self.resource_name;
         let result = match &self.source {
             DeviceSource::Pci(rx) => {
-                let known: Vec<String> =
-                    rx.borrow().get(name).map(|v| v.iter().map(|d| d.id.clone()).collect()).unwrap_or_default();
-                allocate::allocate_pci(&self.root, name, |id| known.iter().any(|k| k == id), req)
+                // The requested ids this plugin does not advertise: the request names a few ids,
+                // the resource may have thousands, none of which is copied.
+                let unknown: Vec<&str> = {
+                    let devices = rx.borrow();
+                    let list = devices.get(name).map(Vec::as_slice).unwrap_or_default();
+                    req.container_requests
+                        .iter()
+                        .flat_map(|c| c.devices_ids.iter().map(String::as_str))
+                        .filter(|id| !list.iter().any(|d| d.id == *id))
+                        .collect()
+                };
+                allocate::allocate_pci(&self.root, name, |id| !unknown.contains(&id), req)
             }
             DeviceSource::Counted(c) => {
                 let ids = c.device_ids();
