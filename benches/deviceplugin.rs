@@ -26,7 +26,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,7 @@ use nodeprep::deviceplugin::{CountedResource, Manager, ManagerOptions, ResourceS
 use nodeprep::host::HostRoot;
 use nodeprep::host::kubelet::PLUGIN_DIR;
 use nodeprep::host::uevent::{Received, UeventSocket, is_relevant, parse_uevent};
-use support::kubelet::Kubelet;
+use support::agent::spawn_kubelet;
 use support::{HostTree, intel, intel_gpu_server, relative};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -81,19 +81,6 @@ fn summary(name: &str, mut v: Vec<Duration>) -> (Duration, Duration) {
         ms(*v.last().expect("samples"))
     );
     (median, p99)
-}
-
-/// Starts a kubelet stand-in on a thread and runtime of its own (the kubelet is another process).
-fn spawn_kubelet(dir: PathBuf) -> Kubelet {
-    let (ktx, krx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
-            ktx.send(Kubelet::start(&dir).await).expect("hand over");
-            std::future::pending::<()>().await
-        });
-    });
-    krx.recv().expect("kubelet started")
 }
 
 fn main() {

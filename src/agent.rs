@@ -266,11 +266,6 @@ fn concerns_config(changed: Option<&str>, config_file: Option<&str>) -> bool {
     }
 }
 
-/// The cluster side, when there is a cluster.
-struct Cluster {
-    status: watch::Receiver<LabelStatus>,
-}
-
 /// Runs the agent until `shutdown` resolves: then device-plugin streams get an empty list and
 /// the sockets are removed.
 pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
@@ -289,7 +284,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     let api_stats = Arc::new(ApiStats::default());
     observer.set_api(api_stats.clone());
     let (desired_tx, desired_rx) = watch::channel::<Option<Desired>>(None);
-    let (events, cluster) = match &opts.cluster {
+    let (events, mut label_status) = match &opts.cluster {
         Some(c) => {
             let recorder = Recorder::spawn(
                 c.client.clone(),
@@ -306,11 +301,12 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
                 status_tx,
                 stopped(stop_rx.clone()),
             ));
-            (recorder, Some(Cluster { status: status_rx }))
+            (recorder, Some(status_rx))
         }
         None => (Recorder::disabled(), None),
     };
-    observer.set_labels_required(cluster.is_some());
+    let cluster = label_status.is_some();
+    observer.set_labels_required(cluster);
 
     let config = Arc::new(config);
     let mut bind_ok = prepare_host(&opts, config.clone(), &observer, &events).await;
@@ -341,7 +337,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     let mut assessment = assess_blocking(&opts.root, inventory.borrow_and_update().clone()).await;
     let manage_kata = |c: &Config| c.node_labels.kata;
     if let Some(a) = &assessment {
-        publish_labels(&desired_tx, desired_labels(a, ready, manage_kata(&config_view.borrow())), cluster.is_some());
+        publish_labels(&desired_tx, desired_labels(a, ready, manage_kata(&config_view.borrow())), cluster);
     }
 
     crate::alloc::release_freed();
@@ -351,7 +347,6 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
 
     // The loop's heartbeat (for /healthz) and the views /readyz and /metrics read.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut label_status = cluster.as_ref().map(|c| c.status.clone());
     let mut resync = Box::pin(tokio::time::sleep(next_resync(opts.rescan_interval)));
     tokio::pin!(shutdown);
     loop {
@@ -388,30 +383,22 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         if now_ready != ready {
             ready = now_ready;
             if let (Some(a), false) = (&assessment, reassess) {
-                publish_labels(
-                    &desired_tx,
-                    desired_labels(a, ready, manage_kata(&config_view.borrow())),
-                    cluster.is_some(),
-                );
+                publish_labels(&desired_tx, desired_labels(a, ready, manage_kata(&config_view.borrow())), cluster);
             }
         }
         if reassess {
             if let Some(a) = assess_blocking(&opts.root, inventory.borrow_and_update().clone()).await {
-                publish_labels(
-                    &desired_tx,
-                    desired_labels(&a, ready, manage_kata(&config_view.borrow())),
-                    cluster.is_some(),
-                );
+                publish_labels(&desired_tx, desired_labels(&a, ready, manage_kata(&config_view.borrow())), cluster);
                 assessment = Some(a);
             }
         }
     }
     tracing::info!("shutting down: withdrawing devices and removing plugin sockets");
-    if let (Some(c), Some(a)) = (&cluster, &assessment) {
+    if let (Some(status), Some(a)) = (&label_status, &assessment) {
         // The devices go with the agent: the node is no longer ready. The other labels stay
         // (facts about the host). Best effort, 2 s at most: a pod being stopped has little time.
         publish_labels(&desired_tx, desired_labels(a, false, manage_kata(&config_view.borrow())), true);
-        let mut status = c.status.clone();
+        let mut status = status.clone();
         let unready = status.wait_for(|s| s.applied && !s.labels.contains_key(crate::labels::READY));
         if tokio::time::timeout(Duration::from_secs(2), unready).await.is_err() {
             tracing::warn!("could not remove {} from the Node in time", crate::labels::READY);
@@ -429,11 +416,8 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
 
 /// The delay before the next label resync: the interval ± 10 %.
 fn next_resync(interval: Duration) -> Duration {
-    let random = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0);
-    crate::deviceplugin::monitor::rescan_delay(interval, interval / 5, random)
+    use crate::deviceplugin::monitor::{random, rescan_delay};
+    rescan_delay(interval, interval / 5, random())
 }
 
 #[cfg(test)]

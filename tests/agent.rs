@@ -15,6 +15,7 @@ use nodeprep::host::kubelet::PLUGIN_DIR;
 use support::agent::{Agent, AgentSpec, replace_file, spawn_kubelet};
 use support::apiserver::ApiServer;
 use support::intel_gpu_server;
+use support::kubelet::Kubelet;
 
 const NODE: &str = "worker-0";
 const WAIT: Duration = Duration::from_secs(10);
@@ -143,23 +144,30 @@ fn the_agent_labels_its_node_once_reloads_its_config_and_posts_events() {
     assert_eq!(nodeprep_labels(&api), after);
 }
 
-#[test]
-fn without_a_cluster_the_same_loop_logs_the_labels() {
+/// `nodeprep run` without a cluster on the Intel fixture, with a kubelet stand-in; the
+/// returned values must live as long as the agent.
+fn start_without_cluster(extra: &'static [&'static str]) -> (support::HostTree, Kubelet, tempfile::TempDir, Agent) {
     let tree = intel_gpu_server();
     let kubelet = spawn_kubelet(tree.path(PLUGIN_DIR));
-    let api = ApiServer::start(NODE, &[]);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, CONFIG).expect("config");
-    let mut agent = Agent::start(AgentSpec {
+    let agent = Agent::start(AgentSpec {
         host_root: tree.root(),
         config: &config,
         plugin_dir: kubelet.dir(),
         kubeconfig: None,
         node_name: NODE,
         log: dir.path().join("agent.log"),
-        extra: &[],
+        extra,
     });
+    (tree, kubelet, dir, agent)
+}
+
+#[test]
+fn without_a_cluster_the_same_loop_logs_the_labels() {
+    let api = ApiServer::start(NODE, &[]);
+    let (tree, _kubelet, dir, mut agent) = start_without_cluster(&[]);
     assert!(agent.wait_ready(WAIT), "{:?}\n{}", agent.get("/readyz"), agent.logs());
     let logs = agent.logs();
     let want = expected_labels(tree.root(), true, true);
@@ -179,20 +187,7 @@ fn without_a_cluster_the_same_loop_logs_the_labels() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let tree = intel_gpu_server();
-    let kubelet = spawn_kubelet(tree.path(PLUGIN_DIR));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("config.yaml");
-    std::fs::write(&config, CONFIG).expect("config");
-    let mut agent = Agent::start(AgentSpec {
-        host_root: tree.root(),
-        config: &config,
-        plugin_dir: kubelet.dir(),
-        kubeconfig: None,
-        node_name: NODE,
-        log: dir.path().join("agent.log"),
-        extra: &["--log-format", "json"],
-    });
+    let (_tree, _kubelet, _dir, mut agent) = start_without_cluster(&["--log-format", "json"]);
     assert!(agent.wait_ready(WAIT), "{}", agent.logs());
     assert_eq!(agent.terminate(), Some(0));
     let logs = agent.logs();

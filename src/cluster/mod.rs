@@ -104,11 +104,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Backoff {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() as u64)
-            .unwrap_or(0)
-            | 1;
+        let seed = crate::deviceplugin::monitor::random() | 1;
         Backoff { initial, max, attempt: 0, seed }
     }
 

@@ -418,7 +418,7 @@ fn scan(root: &HostRoot, config: &Config, last: Option<Arc<PciInventory>>) -> Sc
     ScanOutcome { inventory, error, devices }
 }
 
-fn random() -> u64 {
+pub(crate) fn random() -> u64 {
     let mut h = RandomState::new().build_hasher();
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     h.finish()
