@@ -27,6 +27,7 @@ use crate::cluster::events::{NodeEvent, Recorder};
 use crate::cluster::labels::Desired;
 use crate::cluster::node::{self, LabelStatus, LabelerOptions};
 use crate::config::Config;
+use crate::deviceplugin::cdi::CdiSpec;
 use crate::deviceplugin::manager::{Manager, ManagerOptions, ResourceSpec};
 use crate::deviceplugin::monitor::{Monitor, MonitorOptions};
 use crate::eligibility::EligibilityReport;
@@ -311,6 +312,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     let config = Arc::new(config);
     let mut bind_ok = prepare_host(&opts, config.clone(), &observer, &events).await;
     let counted = counted_specs(&config);
+    let cdi = config.cdi.as_ref().map(|c| Arc::new(CdiSpec::open(&opts.root, c)));
     let (config_tx, config_rx) = watch::channel(config);
     let mut config_view = config_rx.clone();
     let monitor_opts = MonitorOptions { rescan_interval: Some(opts.rescan_interval), ..MonitorOptions::default() };
@@ -327,6 +329,10 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     }
     mopts.resources =
         devices.borrow().keys().map(|name| ResourceSpec::Pci(name.clone())).chain(counted).collect::<Vec<_>>();
+    if let Some(spec) = &cdi {
+        tracing::info!(kind = spec.kind(), spec = %spec.path().display(), "devices are named to the runtime by CDI");
+    }
+    mopts.cdi = cdi;
     let handle = Manager::new(mopts, devices)?.start().await?;
     tracing::info!(plugins = handle.status().len(), dir = %handle.plugin_dir().display(), "device plugins serving");
     observer.set_plugins(handle.status());

@@ -7,17 +7,21 @@ mod support;
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nodeprep::config::Config;
+use nodeprep::deviceplugin::allocate::SharedReads;
 use nodeprep::deviceplugin::api::{
     AllocateRequest, ContainerAllocateRequest, ContainerPreferredAllocationRequest, Device, DevicePluginOptions,
     DeviceSpec, NumaNode, PreStartContainerRequest, PreferredAllocationRequest, TopologyInfo,
 };
+use nodeprep::deviceplugin::cdi::{CdiSettings, CdiSpec};
 use nodeprep::deviceplugin::devices::{PluginDevice, ResourceDevices, resource_devices};
 use nodeprep::deviceplugin::{CountedResource, Manager, ManagerHandle, ManagerOptions, PluginStatus, ResourceSpec};
 use nodeprep::host::HostRoot;
 use nodeprep::host::kubelet::PLUGIN_DIR;
+use nodeprep::model::PciAddress;
 use support::kubelet::Kubelet;
 use support::{HostTree, intel, intel_gpu_server};
 use tokio::sync::watch;
@@ -252,6 +256,168 @@ async fn allocate_gives_every_device_node_and_variable() {
     let pre = c.pre_start_container(PreStartContainerRequest { devices_ids: vec![intel::GPU_A.into()] }).await;
     assert_eq!(pre.expect("PreStartContainer").into_inner(), Default::default());
     s.manager.shutdown().await;
+}
+
+/// A read is shared only with requests that arrived before it started: a request that arrives
+/// later reads sysfs again.
+#[test]
+fn allocate_reads_are_shared_only_with_requests_that_arrived_before_them() {
+    let tree = intel_gpu_server();
+    let root = HostRoot::new(tree.root());
+    let reads = SharedReads::default();
+    let gpu: PciAddress = intel::GPU_A.parse().expect("address");
+    let arrived = Instant::now();
+    let host = reads.host(&root, arrived);
+    let first = reads.device(&root, &host, gpu, arrived).expect("usable");
+    assert_eq!(first.group, 6);
+
+    tree.remove(&format!("{}/driver", tree.pci_dir(intel::GPU_A).display()));
+    // Arrived before the first read started: that read is after its arrival, so it is shared.
+    assert_eq!(reads.device(&root, &host, gpu, arrived), Ok(first.clone()));
+    // Arrives now: reads again and sees the unbind; so does anyone who arrived before that read.
+    let later = Instant::now();
+    let why = reads.device(&root, &host, gpu, later).expect_err("unbound");
+    assert_eq!(why, "it is bound to no driver, not vfio-pci");
+    assert_eq!(reads.device(&root, &host, gpu, later), Err(why));
+
+    let vfio = tree.path("sys/bus/pci/drivers/vfio-pci").display().to_string();
+    tree.symlink(&format!("{}/driver", tree.pci_dir(intel::GPU_A).display()), &vfio);
+    assert_eq!(reads.device(&root, &host, gpu, Instant::now()), Ok(first));
+
+    // The host's nodes likewise: /dev/vfio/vfio removed is seen by a request that arrives after.
+    tree.remove("dev/vfio/vfio");
+    assert!(reads.host(&root, arrived).container);
+    assert!(!reads.host(&root, Instant::now()).container);
+}
+
+/// A burst of Allocates on the kubelet's one connection: every answer complete and the same, and
+/// a burst after the device is unbound refused in full.
+#[tokio::test]
+async fn concurrent_allocates_share_reads_and_still_see_changes() {
+    let s = setup(vec![]).await;
+    first_list(&s.kubelet, T4).await;
+    let c = s.kubelet.client(T4).await;
+    let burst = |c: &nodeprep::deviceplugin::api::device_plugin_client::DevicePluginClient<_>| {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let mut c = c.clone();
+            set.spawn(async move { c.allocate(allocate_request(&[&[intel::GPU_A]])).await.map(|r| r.into_inner()) });
+        }
+        set.join_all()
+    };
+    let answers = burst(&c).await;
+    assert_eq!(answers.len(), 50);
+    let first = answers[0].as_ref().expect("allocate").clone();
+    assert_eq!(first.container_responses[0].devices, vec![spec("/dev/vfio/vfio", "mrw"), spec("/dev/vfio/6", "mrw")]);
+    assert!(answers.iter().all(|a| a.as_ref().ok() == Some(&first)));
+
+    s.tree.remove(&format!("{}/driver", s.tree.pci_dir(intel::GPU_A).display()));
+    let answers = burst(&c).await;
+    for a in answers {
+        let e = a.expect_err("unbound");
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(e.message().ends_with("it is bound to no driver, not vfio-pci"), "{}", e.message());
+    }
+    s.manager.shutdown().await;
+}
+
+/// With a CDI kind configured: Allocate names the devices by CDI (no DeviceSpecs), keeps the
+/// variables, and the spec file on the host says exactly what was read, rewritten only when that
+/// changes.
+#[tokio::test]
+async fn allocate_with_cdi_names_devices_and_keeps_the_spec_right() {
+    let tree = intel_gpu_server();
+    let kubelet = Kubelet::start(&tree.path(PLUGIN_DIR)).await;
+    let root = HostRoot::new(tree.root());
+    let settings = CdiSettings { kind: "nodeprep.io/vfio".into(), spec_dir: "/var/run/cdi".into() };
+    let (_tx, rx) = watch::channel(scan(&tree));
+    let mut opts = ManagerOptions::new(root.clone());
+    opts.resources = vec![ResourceSpec::Pci(T4.into()), ResourceSpec::Pci(RTX.into())];
+    opts.cdi = Some(Arc::new(CdiSpec::open(&root, &settings)));
+    let manager = Manager::new(opts, rx).expect("resources").start().await.expect("start");
+    first_list(&kubelet, T4).await;
+    let mut c = kubelet.client(T4).await;
+    let spec_path = tree.path("var/run/cdi/nodeprep.io-vfio.json");
+    assert!(!spec_path.exists(), "nothing is written before an Allocate");
+
+    let r = c.allocate(allocate_request(&[&[intel::GPU_A]])).await.expect("allocate").into_inner();
+    let r = &r.container_responses[0];
+    assert!(r.devices.is_empty(), "the runtime gets the nodes from the CDI spec, once");
+    let names: Vec<&str> = r.cdi_devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, [format!("nodeprep.io/vfio={}", intel::GPU_A)]);
+    assert_eq!(r.envs["PCI_RESOURCE_NVIDIA_COM_TU104GL_TESLA_T4"], intel::GPU_A);
+    assert_eq!(r.envs.len(), 3);
+
+    let read = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&spec_path).expect("spec written")).expect("spec is JSON")
+    };
+    let node = |p: &str| serde_json::json!({ "path": p, "hostPath": p, "permissions": "rwm" });
+    assert_eq!(
+        read(),
+        serde_json::json!({
+            "cdiVersion": "0.5.0",
+            "kind": "nodeprep.io/vfio",
+            "devices": [{ "name": intel::GPU_A, "containerEdits": { "deviceNodes": [node("/dev/vfio/6")] } }],
+            "containerEdits": { "deviceNodes": [node("/dev/vfio/vfio")] },
+        })
+    );
+    // Nothing changed: nothing written (a write replaces the file, so its inode would change).
+    let inode = || std::fs::metadata(&spec_path).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).expect("stat");
+    let before = inode();
+    c.allocate(allocate_request(&[&[intel::GPU_A]])).await.expect("allocate again");
+    assert_eq!(inode(), before);
+
+    // The group renumbered (as after a reboot): the spec follows what Allocate read.
+    let gpu_a = s_path(&tree, intel::GPU_A);
+    tree.symlink(&format!("sys/kernel/iommu_groups/42/devices/{}", intel::GPU_A), &gpu_a);
+    tree.symlink(
+        &format!("{}/iommu_group", tree.pci_dir(intel::GPU_A).display()),
+        &tree.path("sys/kernel/iommu_groups/42").display().to_string(),
+    );
+    tree.file("dev/vfio/42", "");
+    c.allocate(allocate_request(&[&[intel::GPU_A]])).await.expect("allocate renumbered");
+    assert_ne!(inode(), before);
+    assert_eq!(read()["devices"][0]["containerEdits"]["deviceNodes"][0]["path"], "/dev/vfio/42");
+    manager.shutdown().await;
+
+    // A new agent keeps the names the kubelet may still hand out (its checkpoint), and adds more.
+    let spec = CdiSpec::open(&root, &settings);
+    let (_tx, rx) = watch::channel(scan(&tree));
+    let mut opts = ManagerOptions::new(root.clone());
+    opts.resources = vec![ResourceSpec::Pci(T4.into()), ResourceSpec::Pci(RTX.into())];
+    opts.cdi = Some(Arc::new(spec));
+    let manager = Manager::new(opts, rx).expect("resources").start().await.expect("start");
+    let vfio = tree.path("sys/bus/pci/drivers/vfio-pci").display().to_string();
+    for f in [intel::GPU_B, intel::GPU_B_AUDIO] {
+        tree.symlink(&format!("{}/driver", tree.pci_dir(f).display()), &vfio);
+    }
+    tree.file("dev/vfio/20", "");
+    let mut rtx = kubelet.client(RTX).await;
+    rtx.allocate(allocate_request(&[&[intel::GPU_B]])).await.expect("allocate RTX");
+    let names: Vec<String> = read()["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| d["name"].as_str().expect("name").to_owned())
+        .collect();
+    assert_eq!(names, [intel::GPU_A, intel::GPU_B]);
+
+    // A spec that cannot be written fails the Allocate, saying where and why.
+    std::fs::remove_file(&spec_path).expect("remove spec");
+    std::fs::create_dir(&spec_path).expect("a directory where the file goes");
+    let e = rtx.allocate(allocate_request(&[&[intel::GPU_B]])).await.expect_err("unwritable");
+    assert_eq!(e.code(), Code::Internal);
+    assert!(
+        e.message()
+            .starts_with(&format!("{RTX}: cannot allocate: CDI spec {}: rename into place:", spec_path.display())),
+        "{}",
+        e.message()
+    );
+    manager.shutdown().await;
+}
+
+fn s_path(tree: &HostTree, addr: &str) -> String {
+    tree.path(tree.pci_dir(addr)).display().to_string()
 }
 
 #[tokio::test]

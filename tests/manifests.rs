@@ -604,6 +604,8 @@ fn the_config_examples_are_valid_once_uncommented() {
     let pools: Vec<String> = parsed.hugepages.iter().map(ToString::to_string).collect();
     assert_eq!(pools, ["512 x 2Mi", "4 x 1Gi on NUMA node 0"]);
     assert!(!parsed.node_labels.kata, "the example leaves the Kata label to NFD");
+    let cdi = parsed.cdi.as_ref().expect("the CDI example");
+    assert_eq!((cdi.kind.as_str(), cdi.spec_dir.as_str()), ("nodeprep.io/vfio", "/var/run/cdi"));
 
     // On a machine with a T4 and C62x QAT VFs, each example takes what it says.
     use support::machines::intel::*;

@@ -25,6 +25,10 @@
 //! # Labels nodeprep leaves to others:
 //! nodeLabels:
 //!   kata: false                           # feature.node.kubernetes.io/runtime.kata is NFD's
+//! # Name devices to the runtime by CDI instead of DeviceSpecs (read at start):
+//! cdi:
+//!   kind: nodeprep.io/vfio                # <vendor>/<class> of the CDI names
+//!   specDir: /var/run/cdi                 # optional: where the spec file goes
 //! ```
 //!
 //! Loading validates everything and refuses the file as a whole, listing every problem.
@@ -39,6 +43,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::deviceplugin::cdi::{self, CdiSettings};
 use crate::machineconfig::HugepageSize;
 use crate::model::{PciAddress, PciDevice, PciInventory};
 pub use selector::{OriginalDrivers, PfName, Selector};
@@ -163,6 +168,8 @@ pub struct Config {
     /// Huge page pools to set at run time, in file order.
     pub hugepages: Vec<HugepageReservation>,
     pub node_labels: NodeLabelSettings,
+    /// CDI names for PCI devices ([`crate::deviceplugin::cdi`]); none: DeviceSpecs.
+    pub cdi: Option<CdiSettings>,
 }
 
 /// A device an entry takes, with the resource it will be advertised under.
@@ -189,6 +196,16 @@ struct RawConfig {
     #[serde(default)]
     hugepages: Vec<RawHugepages>,
     node_labels: Option<RawNodeLabels>,
+    cdi: Option<RawCdi>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawCdi {
+    kind: Option<String>,
+    spec_dir: Option<String>,
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_yaml::Value>,
 }
@@ -319,7 +336,7 @@ impl Config {
         unknown_keys(
             "config",
             &raw.unknown,
-            "pciHostDevices, permittedHostDevices, devices, countedResources, hugepages, nodeLabels",
+            "pciHostDevices, permittedHostDevices, devices, countedResources, hugepages, nodeLabels, cdi",
             &mut problems,
         );
 
@@ -438,6 +455,7 @@ impl Config {
 
         let hugepages = parse_hugepage_reservations(raw.hugepages, &mut problems);
         let node_labels = parse_node_labels(raw.node_labels, &mut problems);
+        let cdi = raw.cdi.and_then(|c| parse_cdi(c, &mut problems));
 
         // The same explicit address in two entries is a conflict without looking at any host.
         let mut seen: BTreeMap<PciAddress, &EntryName> = BTreeMap::new();
@@ -462,7 +480,7 @@ impl Config {
             }
         }
         if problems.is_empty() {
-            Ok(Config { entries, counted, hugepages, node_labels })
+            Ok(Config { entries, counted, hugepages, node_labels, cdi })
         } else {
             Err(ParseError::Invalid(problems))
         }
@@ -582,6 +600,22 @@ fn parse_hugepage_reservations(raw: Vec<RawHugepages>, problems: &mut Vec<String
         out.push((at, r));
     }
     out.into_iter().map(|(_, r)| r).collect()
+}
+
+fn parse_cdi(raw: RawCdi, problems: &mut Vec<String>) -> Option<CdiSettings> {
+    unknown_keys("cdi", &raw.unknown, "kind, specDir", problems);
+    let Some(kind) = raw.kind else {
+        problems.push("cdi: kind is missing (the <vendor>/<class> of the CDI names, like nodeprep.io/vfio)".into());
+        return None;
+    };
+    if let Some(p) = cdi::kind_problem(&kind) {
+        problems.push(format!("cdi.kind: {p}"));
+    }
+    let spec_dir = raw.spec_dir.unwrap_or_else(|| cdi::DEFAULT_SPEC_DIR.to_owned());
+    if !spec_dir.starts_with('/') || spec_dir.split('/').any(|c| c == "..") {
+        problems.push(format!("cdi.specDir: {spec_dir:?} must be an absolute path without .., like /var/run/cdi"));
+    }
+    Some(CdiSettings { kind, spec_dir })
 }
 
 fn parse_node_labels(raw: Option<RawNodeLabels>, problems: &mut Vec<String>) -> NodeLabelSettings {
@@ -813,6 +847,28 @@ devices:
         assert!(Config::default().node_labels.kata, "Default for Config keeps kata on too");
         assert!(Config::parse("nodeLabels: {}\n").expect("valid").node_labels.kata);
         assert!(Config::parse("nodeLabels:\n  kata: true\n").expect("valid").node_labels.kata);
+    }
+
+    #[test]
+    fn cdi_kind_and_spec_dir() {
+        let c = Config::parse("cdi:\n  kind: nodeprep.io/vfio\n").expect("valid");
+        assert_eq!(c.cdi, Some(CdiSettings { kind: "nodeprep.io/vfio".into(), spec_dir: "/var/run/cdi".into() }));
+        let c = Config::parse("cdi:\n  kind: example.com/gpu\n  specDir: /etc/cdi\n").expect("valid");
+        assert_eq!(c.cdi.map(|c| c.spec_dir), Some("/etc/cdi".into()));
+        assert_eq!(Config::parse("devices: []\n").expect("valid").cdi, None, "off unless configured");
+
+        let bad = "cdi:\n  kind: vfio\n  specDir: var/run/cdi\n  mode: cri\n";
+        let Err(ParseError::Invalid(p)) = Config::parse(bad) else { panic!("must be refused") };
+        assert_eq!(
+            p,
+            [
+                "cdi: unknown field \"mode\" (known fields: kind, specDir)",
+                "cdi.kind: \"vfio\" is not <vendor>/<class>, like nodeprep.io/vfio",
+                "cdi.specDir: \"var/run/cdi\" must be an absolute path without .., like /var/run/cdi",
+            ]
+        );
+        let Err(ParseError::Invalid(p)) = Config::parse("cdi: {}\n") else { panic!("must be refused") };
+        assert_eq!(p, ["cdi: kind is missing (the <vendor>/<class> of the CDI names, like nodeprep.io/vfio)"]);
     }
 
     #[test]

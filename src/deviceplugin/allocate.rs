@@ -24,12 +24,20 @@
 //!
 //! Counted resources (no PCI device behind them) get the configured device node, if any, with
 //! permissions `rw` ([`counted_response`]).
+//!
+//! Allocates that arrive together share their reads ([`SharedReads`]): a read of a device is
+//! reused only by requests that had arrived before the read started, so every answer still
+//! reflects sysfs as it was after its request arrived, and a burst of Allocates for one device
+//! costs one read instead of one per request.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
 
 use tonic::Status;
 
-use super::api::{AllocateRequest, AllocateResponse, ContainerAllocateResponse, DeviceSpec};
+use super::api::{AllocateRequest, AllocateResponse, CdiDevice, ContainerAllocateResponse, DeviceSpec};
+use super::cdi::{self, CdiSpec};
 use super::devices::VFIO_PCI;
 use crate::host::HostRoot;
 use crate::host::root::{link_name, list_dir, read_attr};
@@ -144,6 +152,68 @@ pub fn read_vfio_device(root: &HostRoot, host: &VfioHost, address: PciAddress) -
     Ok(dev)
 }
 
+/// One read and when it started.
+#[derive(Debug, Clone)]
+struct Read<T> {
+    started: Instant,
+    value: T,
+}
+
+impl<T: Clone> Read<T> {
+    /// The value, if the read started no earlier than `arrived`.
+    fn fresh_for(&self, arrived: Instant) -> Option<T> {
+        (self.started >= arrived).then(|| self.value.clone())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Reads {
+    host: Option<Read<VfioHost>>,
+    devices: HashMap<PciAddress, Read<Result<VfioDevice, String>>>,
+}
+
+/// Reads shared by the Allocates of one resource (single flight). A request that arrived at
+/// `arrived` reuses a read only if that read started at or after `arrived`; otherwise it reads
+/// again. The lock is held while reading, so concurrent requests wait for the read under way
+/// instead of starting their own. Holds one entry per device ever allocated (the resource's
+/// devices at most).
+#[derive(Debug, Default)]
+pub struct SharedReads {
+    reads: Mutex<Reads>,
+}
+
+impl SharedReads {
+    /// The host's vfio nodes, read after `arrived`.
+    pub fn host(&self, root: &HostRoot, arrived: Instant) -> VfioHost {
+        let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(h) = reads.host.as_ref().and_then(|r| r.fresh_for(arrived)) {
+            return h;
+        }
+        let started = Instant::now();
+        let value = read_vfio_host(root);
+        reads.host = Some(Read { started, value });
+        value
+    }
+
+    /// One device, read after `arrived` ([`read_vfio_device`]).
+    pub fn device(
+        &self,
+        root: &HostRoot,
+        host: &VfioHost,
+        address: PciAddress,
+        arrived: Instant,
+    ) -> Result<VfioDevice, String> {
+        let mut reads = self.reads.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(d) = reads.devices.get(&address).and_then(|r| r.fresh_for(arrived)) {
+            return d;
+        }
+        let started = Instant::now();
+        let value = read_vfio_device(root, host, address);
+        reads.devices.insert(address, Read { started, value: value.clone() });
+        value
+    }
+}
+
 /// Pure: `PCI_RESOURCE_<NAME>`, the variable KubeVirt's virt-launcher reads: the resource name
 /// upper-cased, `/` and `.` turned into `_`, `-` kept.
 /// `nvidia.com/TU104GL_Tesla_T4` gives `PCI_RESOURCE_NVIDIA_COM_TU104GL_TESLA_T4`.
@@ -162,8 +232,14 @@ fn spec(path: &str, permissions: &str) -> DeviceSpec {
 }
 
 /// Pure: what one container gets for its vfio devices (see the module docs). Nodes shared by
-/// several devices (one group) are listed once.
-pub fn container_response(resource_name: &str, devices: &[VfioDevice], host: &VfioHost) -> ContainerAllocateResponse {
+/// several devices (one group) are listed once. With a CDI kind the devices are named by CDI
+/// ([`super::cdi`]) instead of listed as DeviceSpecs, so the runtime creates each node once.
+pub fn container_response(
+    resource_name: &str,
+    devices: &[VfioDevice],
+    host: &VfioHost,
+    cdi_kind: Option<&str>,
+) -> ContainerAllocateResponse {
     let mut paths: Vec<String> = vec![VFIO_CONTAINER.to_owned()];
     for d in devices {
         paths.push(d.group_node());
@@ -193,10 +269,17 @@ pub fn container_response(resource_name: &str, devices: &[VfioDevice], host: &Vf
     envs.insert(kubevirt_env_name(resource_name), joined.clone());
     envs.insert(format!("{sriov}_INFO"), serde_json::Value::from(serde_json::Map::from_iter(info)).to_string());
     envs.insert(sriov, joined);
-    ContainerAllocateResponse {
-        envs,
-        devices: paths.iter().map(|p| spec(p, VFIO_PERMISSIONS)).collect(),
-        ..Default::default()
+    match cdi_kind {
+        Some(kind) => ContainerAllocateResponse {
+            envs,
+            cdi_devices: devices.iter().map(|d| CdiDevice { name: cdi::qualified_name(kind, d) }).collect(),
+            ..Default::default()
+        },
+        None => ContainerAllocateResponse {
+            envs,
+            devices: paths.iter().map(|p| spec(p, VFIO_PERMISSIONS)).collect(),
+            ..Default::default()
+        },
     }
 }
 
@@ -209,14 +292,44 @@ pub fn counted_response(device_path: Option<&str>) -> ContainerAllocateResponse 
 }
 
 /// Allocate for a PCI resource: every id must be one of `known` (the resource's devices now) and
-/// usable when read again; otherwise `FAILED_PRECONDITION` naming the device and why.
+/// usable when read again; otherwise `FAILED_PRECONDITION` naming the device and why. Every read
+/// is made now.
 pub fn allocate_pci(
     root: &HostRoot,
     resource_name: &str,
     known: impl Fn(&str) -> bool,
     req: &AllocateRequest,
+    cdi: Option<&CdiSpec>,
 ) -> Result<AllocateResponse, Status> {
     let host = read_vfio_host(root);
+    allocate_pci_with(resource_name, known, req, host, cdi, |a| read_vfio_device(root, &host, a))
+}
+
+/// [`allocate_pci`] for a request that arrived at `arrived`, with reads shared with the requests
+/// that arrived together ([`SharedReads`]).
+pub fn allocate_pci_shared(
+    root: &HostRoot,
+    reads: &SharedReads,
+    arrived: Instant,
+    resource_name: &str,
+    known: impl Fn(&str) -> bool,
+    req: &AllocateRequest,
+    cdi: Option<&CdiSpec>,
+) -> Result<AllocateResponse, Status> {
+    let host = reads.host(root, arrived);
+    allocate_pci_with(resource_name, known, req, host, cdi, |a| reads.device(root, &host, a, arrived))
+}
+
+/// Allocate for a PCI resource, with `read` giving each device as it is now. With CDI, the spec
+/// is brought up to date with what was read before the names are handed out.
+fn allocate_pci_with(
+    resource_name: &str,
+    known: impl Fn(&str) -> bool,
+    req: &AllocateRequest,
+    host: VfioHost,
+    cdi: Option<&CdiSpec>,
+    mut read: impl FnMut(PciAddress) -> Result<VfioDevice, String>,
+) -> Result<AllocateResponse, Status> {
     let mut out = AllocateResponse::default();
     for c in &req.container_requests {
         let mut devices = Vec::with_capacity(c.devices_ids.len());
@@ -227,9 +340,13 @@ pub fn allocate_pci(
                 return Err(refuse("nodeprep does not offer it under this resource"));
             }
             let address: PciAddress = id.parse().map_err(|e| refuse(&format!("{e}")))?;
-            devices.push(read_vfio_device(root, &host, address).map_err(|why| refuse(&why))?);
+            devices.push(read(address).map_err(|why| refuse(&why))?);
         }
-        out.container_responses.push(container_response(resource_name, &devices, &host));
+        if let Some(spec) = cdi {
+            spec.ensure(&devices, &host)
+                .map_err(|e| Status::internal(format!("{resource_name}: cannot allocate: {e}")))?;
+        }
+        out.container_responses.push(container_response(resource_name, &devices, &host, cdi.map(CdiSpec::kind)));
     }
     Ok(out)
 }
@@ -279,7 +396,7 @@ mod tests {
     #[test]
     fn one_group_node_per_group_and_every_address_in_the_envs() {
         let host = VfioHost { container: true, iommufd: false };
-        let r = container_response("x.io/gpu", &[dev("0000:af:00.0", 20), dev("0000:af:00.1", 20)], &host);
+        let r = container_response("x.io/gpu", &[dev("0000:af:00.0", 20), dev("0000:af:00.1", 20)], &host, None);
         let paths: Vec<&str> = r.devices.iter().map(|d| d.host_path.as_str()).collect();
         assert_eq!(paths, ["/dev/vfio/vfio", "/dev/vfio/20"]);
         assert!(r.devices.iter().all(|d| d.container_path == d.host_path && d.permissions == "mrw"));
@@ -298,12 +415,20 @@ mod tests {
         assert_eq!(d.group_node(), "/dev/vfio/noiommu-6");
         d.no_iommu = false;
         d.cdev = Some("vfio3".into());
-        let r = container_response("x.io/gpu", &[d.clone()], &VfioHost { container: true, iommufd: true });
+        let r = container_response("x.io/gpu", &[d.clone()], &VfioHost { container: true, iommufd: true }, None);
         let paths: Vec<&str> = r.devices.iter().map(|d| d.host_path.as_str()).collect();
         assert_eq!(paths, ["/dev/vfio/vfio", "/dev/vfio/6", "/dev/iommu", "/dev/vfio/devices/vfio3"]);
         // Without iommufd the cdev is not handed out.
-        let r = container_response("x.io/gpu", &[d], &VfioHost { container: true, iommufd: false });
+        let r = container_response("x.io/gpu", &[d.clone()], &VfioHost { container: true, iommufd: false }, None);
         assert_eq!(r.devices.len(), 2);
+        // With CDI: the same variables, the devices by CDI name and no DeviceSpec.
+        let host = VfioHost { container: true, iommufd: true };
+        let c = container_response("x.io/gpu", &[d.clone(), dev("0000:3b:00.1", 6)], &host, Some("nodeprep.io/vfio"));
+        assert!(c.devices.is_empty());
+        let names: Vec<&str> = c.cdi_devices.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["nodeprep.io/vfio=0000:3b:00.0", "nodeprep.io/vfio=0000:3b:00.1"]);
+        let plain = container_response("x.io/gpu", &[d, dev("0000:3b:00.1", 6)], &host, None);
+        assert_eq!(c.envs, plain.envs);
     }
 
     #[test]

@@ -41,6 +41,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::api::KUBELET_SOCKET;
+use super::cdi::CdiSpec;
 use super::devices::ResourceDevices;
 use super::registration;
 use super::server::{self, DevicePluginError, DeviceSource, PluginStatus, RunningServer, SharedStatus, lock};
@@ -117,6 +118,8 @@ pub struct ManagerOptions {
     pub check_interval: Duration,
     pub register_timeout: Duration,
     pub stop_grace: Duration,
+    /// The CDI spec PCI devices are named in ([`super::cdi`]); none: DeviceSpecs.
+    pub cdi: Option<Arc<CdiSpec>>,
 }
 
 impl ManagerOptions {
@@ -129,6 +132,7 @@ impl ManagerOptions {
             check_interval: DEFAULT_CHECK_INTERVAL,
             register_timeout: DEFAULT_REGISTER_TIMEOUT,
             stop_grace: DEFAULT_STOP_GRACE,
+            cdi: None,
         }
     }
 }
@@ -331,7 +335,7 @@ impl State {
             ..Default::default()
         }));
         let source = match spec {
-            ResourceSpec::Pci(_) => DeviceSource::Pci(devices.clone()),
+            ResourceSpec::Pci(_) => DeviceSource::Pci(devices.clone(), self.opts.cdi.clone()),
             ResourceSpec::Counted(c) => DeviceSource::Counted(c),
         };
         let server = server::serve(&socket, &name, &self.opts.root, source.clone(), &status)?;

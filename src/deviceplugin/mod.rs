@@ -6,7 +6,8 @@
 //!   `api.proto`.
 //! - [`preferred`]: pure: GetPreferredAllocation (must-include, one NUMA node, one PF).
 //! - [`allocate`]: Allocate: re-reads each device from sysfs (the edge), then builds DeviceSpecs
-//!   and environment (pure).
+//!   or CDI names, and environment (pure).
+//! - [`cdi`]: the CDI spec file for nodeprep's devices, when the config names a CDI kind.
 //! - [`server`]: one resource's `DevicePlugin` service on its socket; the module's error type.
 //! - [`registration`]: registering with the kubelet; gRPC over unix sockets.
 //! - [`monitor`]: keeps the devices right: rescans on uevents, `/dev/vfio` changes and a timer.
@@ -15,6 +16,7 @@
 
 pub mod allocate;
 pub mod api;
+pub mod cdi;
 pub mod devices;
 pub mod manager;
 pub mod monitor;

@@ -10,23 +10,31 @@
 //!   stops for good (SIGTERM) every open stream gets an empty list, then ends; when it restarts
 //!   (the kubelet restarted) streams just end.
 //! - `GetPreferredAllocation`: [`super::preferred`].
-//! - `Allocate`: [`super::allocate`], reading the devices again from sysfs.
+//! - `Allocate`: [`super::allocate`], reading the devices again from sysfs after the request
+//!   arrived ([`Arrived`], stamped as the connection accepts the stream); requests that arrive
+//!   together share those reads.
 //! - `PreStartContainer`: an empty answer (not required).
+//!
+//! The generated service runs straight on hyper's HTTP/2 server, one connection task per
+//! kubelet connection: it is the only service on its socket, so tonic's router and server layers
+//! would only add work to every Allocate. Stopping sends each connection a GOAWAY once its
+//! streams have ended.
 //!
 //! The server records the `:authority` its clients send ([`PluginStatus::last_authority`]):
 //! kubelets since Kubernetes 1.26 send `localhost`, older ones sent the socket path, which h2
-//! (tonic's HTTP/2) refuses with `RST_STREAM(PROTOCOL_ERROR)` before any handler runs. Kubernetes
-//! 1.26 is therefore the oldest kubelet nodeprep's plugins work with.
+//! (the HTTP/2 under hyper) refuses with `RST_STREAM(PROTOCOL_ERROR)` before any handler runs.
+//! Kubernetes 1.26 is therefore the oldest kubelet nodeprep's plugins work with.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::net::UnixListener;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http;
 use tonic::{Request, Response, Status};
 
@@ -37,6 +45,7 @@ use super::api::{
     ListAndWatchResponse, NumaNode, PreStartContainerRequest, PreStartContainerResponse, PreferredAllocationRequest,
     PreferredAllocationResponse, TopologyInfo,
 };
+use super::cdi::CdiSpec;
 use super::devices::{PluginDevice, ResourceDevices};
 use super::manager::CountedResource;
 use super::preferred::{Placement, preferred_allocation};
@@ -124,8 +133,9 @@ pub(crate) fn lock(s: &SharedStatus) -> MutexGuard<'_, PluginStatus> {
 #[derive(Debug, Clone)]
 pub enum DeviceSource {
     /// PCI devices: this resource's entry of the shared [`ResourceDevices`], recomputed by the
-    /// event sources whenever the host changes.
-    Pci(watch::Receiver<ResourceDevices>),
+    /// event sources whenever the host changes; and the CDI spec its devices are named in, when
+    /// CDI is configured.
+    Pci(watch::Receiver<ResourceDevices>, Option<Arc<CdiSpec>>),
     /// N identical devices, optionally backed by one device node.
     Counted(CountedResource),
 }
@@ -154,6 +164,18 @@ pub fn api_devices(all: &ResourceDevices, resource_name: &str) -> Vec<api::Devic
     all.get(resource_name).map(|v| v.iter().map(api_device).collect()).unwrap_or_default()
 }
 
+/// When a request reached the server: stamped by the server's first layer, as the connection
+/// task accepts the stream, before the request waits for its turn to run.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrived(pub Instant);
+
+impl Arrived {
+    /// The request's stamp; now, for a request that has none (called without the server).
+    pub fn of<T>(req: &Request<T>) -> Instant {
+        req.extensions().get::<Arrived>().map_or_else(Instant::now, |a| a.0)
+    }
+}
+
 /// The `DevicePlugin` service of one resource.
 #[derive(Debug, Clone)]
 pub struct DevicePluginService {
@@ -162,6 +184,8 @@ pub struct DevicePluginService {
     source: DeviceSource,
     phase: watch::Receiver<Phase>,
     status: SharedStatus,
+    /// Allocate's sysfs reads, shared by requests that arrive together.
+    reads: Arc<allocate::SharedReads>,
 }
 
 type ListStream = ReceiverStream<Result<ListAndWatchResponse, Status>>;
@@ -170,7 +194,7 @@ impl DevicePluginService {
     /// The devices as they are now.
     fn devices_now(&self) -> Vec<api::Device> {
         match &self.source {
-            DeviceSource::Pci(rx) => api_devices(&rx.borrow(), &self.resource_name),
+            DeviceSource::Pci(rx, _) => api_devices(&rx.borrow(), &self.resource_name),
             DeviceSource::Counted(c) => self.counted_devices(c),
         }
     }
@@ -187,7 +211,7 @@ impl DevicePluginService {
         let name = &*self.resource_name;
         let mut phase = self.phase.clone();
         let mut devices = match &self.source {
-            DeviceSource::Pci(rx) => Some(rx.clone()),
+            DeviceSource::Pci(rx, _) => Some(rx.clone()),
             DeviceSource::Counted(_) => None,
         };
         let mut last = match devices.as_mut() {
@@ -241,7 +265,7 @@ impl DevicePluginService {
 
     fn placement(&self) -> impl Fn(&str) -> Placement + '_ {
         let current: Vec<PluginDevice> = match &self.source {
-            DeviceSource::Pci(rx) => rx.borrow().get(&*self.resource_name).cloned().unwrap_or_default(),
+            DeviceSource::Pci(rx, _) => rx.borrow().get(&*self.resource_name).cloned().unwrap_or_default(),
             DeviceSource::Counted(_) => Vec::new(),
         };
         move |id| {
@@ -305,10 +329,11 @@ impl DevicePlugin for DevicePluginService {
     }
 
     async fn allocate(&self, request: Request<AllocateRequest>) -> Result<Response<AllocateResponse>, Status> {
+        let arrived = Arrived::of(&request);
         let req = request.get_ref();
         let name = &*self.resource_name;
         let result = match &self.source {
-            DeviceSource::Pci(rx) => {
+            DeviceSource::Pci(rx, cdi) => {
                 // The requested ids this plugin does not advertise: the request names a few ids,
                 // the resource may have thousands, none of which is copied.
                 let unknown: Vec<&str> = {
@@ -320,7 +345,8 @@ impl DevicePlugin for DevicePluginService {
                         .filter(|id| !list.iter().any(|d| d.id == *id))
                         .collect()
                 };
-                allocate::allocate_pci(&self.root, name, |id| !unknown.contains(&id), req)
+                let known = |id: &str| !unknown.contains(&id);
+                allocate::allocate_pci_shared(&self.root, &self.reads, arrived, name, known, req, cdi.as_deref())
             }
             DeviceSource::Counted(c) => {
                 let ids = c.device_ids();
@@ -353,7 +379,75 @@ impl DevicePlugin for DevicePluginService {
 /// A plugin's server while it runs.
 pub(crate) struct RunningServer {
     phase: watch::Sender<Phase>,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    task: JoinHandle<io::Result<()>>,
+}
+
+type Service = DevicePluginServer<DevicePluginService>;
+
+/// Accepts the kubelet's connections until the server stops, then waits for them to close (each
+/// gets a GOAWAY once its streams ended). An accept error ends the server (the manager restarts
+/// it).
+async fn accept_loop(
+    listener: UnixListener,
+    service: Service,
+    status: SharedStatus,
+    mut phase: watch::Receiver<Phase>,
+) -> io::Result<()> {
+    let mut connections = tokio::task::JoinSet::new();
+    let result = loop {
+        tokio::select! {
+            _ = stopping(&mut phase) => break Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok((io, _)) => {
+                    connections.spawn(serve_connection(io, service.clone(), status.clone(), phase.clone()));
+                }
+                Err(e) => break Err(e),
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    };
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    result
+}
+
+/// Serves one connection: the `DevicePlugin` service straight on hyper's HTTP/2 server (the
+/// only service on this socket: no router, no layers), each request stamped with when it
+/// arrived ([`Arrived`]) and its `:authority` recorded.
+async fn serve_connection(io: UnixStream, service: Service, status: SharedStatus, mut phase: watch::Receiver<Phase>) {
+    let handler = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(Arrived(Instant::now()));
+        record_authority(&status, req.uri().authority());
+        tower::Service::call(&mut service.clone(), req)
+    });
+    let conn =
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), handler);
+    tokio::pin!(conn);
+    tokio::select! {
+        done = conn.as_mut() => {
+            if let Err(e) = done {
+                tracing::debug!(error = %e, "device plugin connection ended with an error");
+            }
+        }
+        _ = stopping(&mut phase) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Resolves once the server is stopping (or its phase sender is gone).
+async fn stopping(phase: &mut watch::Receiver<Phase>) {
+    let _ = phase.wait_for(|p| *p != Phase::Serving).await;
+}
+
+fn record_authority(status: &SharedStatus, authority: Option<&http::uri::Authority>) {
+    let Some(a) = authority else { return };
+    let mut s = lock(status);
+    if s.last_authority.as_deref() != Some(a.as_str()) {
+        tracing::debug!(resource = %s.resource_name, authority = a.as_str(), "kubelet request authority");
+        s.last_authority = Some(a.as_str().to_owned());
+    }
 }
 
 /// Starts serving one resource on `socket`: removes a stale socket file, binds (from then on the
@@ -388,27 +482,9 @@ pub(crate) fn serve(
         source,
         phase: phase_rx.clone(),
         status: status.clone(),
+        reads: Arc::default(),
     };
-    let seen = status.clone();
-    let record_authority = tower::util::MapRequestLayer::new(move |req: http::Request<tonic::body::Body>| {
-        if let Some(a) = req.uri().authority() {
-            let mut s = lock(&seen);
-            if s.last_authority.as_deref() != Some(a.as_str()) {
-                tracing::debug!(resource = %s.resource_name, authority = a.as_str(), "kubelet request authority");
-                s.last_authority = Some(a.as_str().to_owned());
-            }
-        }
-        req
-    });
-    let mut stop = phase_rx;
-    let task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(record_authority)
-            .add_service(DevicePluginServer::new(service))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
-                let _ = stop.wait_for(|p| *p != Phase::Serving).await;
-            }),
-    );
+    let task = tokio::spawn(accept_loop(listener, DevicePluginServer::new(service), status.clone(), phase_rx));
     {
         let mut s = lock(status);
         s.serving = true;

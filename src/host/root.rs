@@ -96,6 +96,38 @@ impl HostRoot {
     pub fn list_dir(&self, rel: impl AsRef<Path>) -> Result<Vec<String>, HostError> {
         list_dir(&self.join(rel))
     }
+
+    /// A host path to write to, with the symlinks on the way taken as the host takes them: an
+    /// absolute target (`/var/run -> /run` on Debian) is followed under the root, not in
+    /// nodeprep's own file system. Components that do not exist yet are kept as they are.
+    pub fn resolve(&self, rel: impl AsRef<Path>) -> PathBuf {
+        let mut todo: Vec<std::ffi::OsString> =
+            self.join(rel).strip_prefix(&self.root).map_or_else(|_| Vec::new(), |r| r.iter().map(Into::into).collect());
+        todo.reverse();
+        let mut at = self.root.clone();
+        let mut hops = 0;
+        while let Some(c) = todo.pop() {
+            let next = at.join(&c);
+            match std::fs::read_link(&next) {
+                Ok(target) if hops < 16 => {
+                    hops += 1;
+                    if target.is_absolute() {
+                        at = self.root.clone();
+                    }
+                    todo.extend(
+                        target.iter().filter(|t| *t != "/").map(Into::into).collect::<Vec<_>>().into_iter().rev(),
+                    );
+                }
+                _ if c == ".." => {
+                    if at != self.root {
+                        at.pop();
+                    }
+                }
+                _ => at = next,
+            }
+        }
+        at
+    }
 }
 
 /// Reads a whole text file at an absolute path.
@@ -144,6 +176,23 @@ pub fn list_dir(path: &Path) -> Result<Vec<String>, HostError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolve_follows_symlinks_under_the_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = HostRoot::new(dir.path());
+        std::fs::create_dir_all(dir.path().join("run")).expect("mkdir");
+        std::fs::create_dir_all(dir.path().join("var")).expect("mkdir");
+        // Debian: absolute; Fedora/RHCOS: relative. Both land in the root's run/.
+        std::os::unix::fs::symlink("/run", dir.path().join("var/run")).expect("symlink");
+        assert_eq!(root.resolve("/var/run/cdi"), dir.path().join("run/cdi"));
+        std::fs::remove_file(dir.path().join("var/run")).expect("rm");
+        std::os::unix::fs::symlink("../run", dir.path().join("var/run")).expect("symlink");
+        assert_eq!(root.resolve("/var/run/cdi/x.json"), dir.path().join("run/cdi/x.json"));
+        // `..` never leaves the root; paths without symlinks are joined as they are.
+        assert_eq!(root.resolve("/../../etc/cdi"), dir.path().join("etc/cdi"));
+        assert_eq!(root.resolve("etc/cdi"), dir.path().join("etc/cdi"));
+    }
 
     #[test]
     fn join_strips_leading_slash() {

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod apiserver;
 pub mod cli;
+pub mod h2grpc;
 pub mod kernel_sim;
 pub mod kubelet;
 pub mod lspci;
