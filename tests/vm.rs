@@ -422,6 +422,16 @@ kill -TERM $RUN; wait $RUN
 section run-exit echo $?
 section sockets-after ls {dir}
 section runlog cat /tmp/run.log
+cp $CFG /tmp/cdi.yaml
+printf 'cdi:\n  kind: nodeprep.io/vfio\n' >> /tmp/cdi.yaml
+nodeprep --log-level info run --config /tmp/cdi.yaml > /tmp/run-cdi.log 2>&1 &
+RUN=$!
+i=0; while [ ! -S {sock} ] && [ $i -lt 200 ]; do usleep 50000; i=$((i+1)); done
+kernel_view -cdi
+section probe-cdi nodeprep plugins probe --allocate {EDU} {sock}
+section cdi-spec cat /var/run/cdi/nodeprep.io-vfio.json
+kill -TERM $RUN; wait $RUN
+section runlog-cdi cat /tmp/run-cdi.log
 "#
     );
     let out = Vm::new(Machine::Iommu).file("/etc/nodeprep/config.yaml", BIND_CONFIG).run(&script);
@@ -461,6 +471,27 @@ section runlog cat /tmp/run.log
     // SIGTERM: clean exit, sockets removed.
     assert_eq!(out.section("run-exit").trim(), "0", "{}", out.section("runlog"));
     assert!(!out.section("sockets-after").contains(".sock"), "sockets removed: {}", out.section("sockets-after"));
+
+    // Again with CDI configured: the device (bound again) is named by CDI, and the spec file
+    // holds its real group's node.
+    let groups = kernel_groups(&out, "kernel-groups-cdi");
+    assert_eq!(
+        out.status("probe-cdi"),
+        0,
+        "{:?} {:?}",
+        out.try_section("probe-cdi.stderr"),
+        out.try_section("runlog-cdi")
+    );
+    let alloc = &out.json("probe-cdi")["allocation"];
+    assert_eq!(alloc["cdiDevices"], serde_json::json!([format!("nodeprep.io/vfio={EDU}")]), "{alloc}");
+    assert_eq!(alloc["devices"], serde_json::json!([]), "{alloc}");
+    assert_eq!(alloc["envs"]["PCI_RESOURCE_NODEPREP_IO_EDU"], EDU, "{alloc}");
+    let spec = out.json("cdi-spec");
+    assert_eq!(spec["kind"], "nodeprep.io/vfio", "{spec}");
+    assert_eq!(spec["containerEdits"]["deviceNodes"][0]["path"], "/dev/vfio/vfio", "{spec}");
+    assert_eq!(spec["devices"][0]["name"], EDU, "{spec}");
+    let node = format!("/dev/vfio/{}", groups[EDU]);
+    assert_eq!(spec["devices"][0]["containerEdits"]["deviceNodes"][0]["path"], node.as_str(), "{spec}");
 }
 
 #[test]

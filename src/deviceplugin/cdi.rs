@@ -184,7 +184,11 @@ impl CdiSpec {
                     BTreeMap::new()
                 }
             },
-            Err(_) => BTreeMap::new(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "CDI spec cannot be read; replacing it");
+                BTreeMap::new()
+            }
         };
         CdiSpec { kind: settings.kind.clone(), path, devices: Mutex::new(devices) }
     }
@@ -241,6 +245,36 @@ mod tests {
         assert!(kind_problem("1vendor.com/x").is_some_and(|p| p.contains("vendor")));
         assert!(kind_problem("vendor.com/a/b").is_some_and(|p| p.contains("class \"a/b\"")));
         assert!(kind_problem("vendor.com/x-").is_some());
+    }
+
+    #[test]
+    fn a_spec_that_is_not_ours_or_not_json_is_replaced_and_ours_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = HostRoot::new(dir.path());
+        let settings = CdiSettings { kind: "nodeprep.io/vfio".into(), spec_dir: "/etc/cdi".into() };
+        let file = dir.path().join("etc/cdi/nodeprep.io-vfio.json");
+        let host = VfioHost { container: true, iommufd: false };
+        let dev =
+            |a: &str, group| VfioDevice { address: a.parse().expect("address"), group, no_iommu: false, cdev: None };
+        let names = || -> Vec<String> {
+            let s: Spec = serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("a spec");
+            s.devices.into_iter().map(|d| d.name).collect()
+        };
+        std::fs::create_dir_all(file.parent().expect("dir")).expect("mkdir");
+        for not_ours in [
+            "{ not json",
+            r#"{"cdiVersion":"0.5.0","kind":"other.io/x","devices":[{"name":"a","containerEdits":{}}],"containerEdits":{}}"#,
+        ] {
+            std::fs::write(&file, not_ours).expect("write");
+            let spec = CdiSpec::open(&root, &settings);
+            assert_eq!(spec.path(), file);
+            spec.ensure(&[dev("0000:3b:00.0", 6)], &host).expect("ensure");
+            assert_eq!(names(), ["0000:3b:00.0"]);
+        }
+        // Ours: kept, and added to.
+        let spec = CdiSpec::open(&root, &settings);
+        spec.ensure(&[dev("0000:af:00.0", 20)], &host).expect("ensure");
+        assert_eq!(names(), ["0000:3b:00.0", "0000:af:00.0"]);
     }
 
     #[test]
