@@ -205,6 +205,19 @@ fn publish_labels(tx: &watch::Sender<Option<Desired>>, desired: Desired, cluster
     }
 }
 
+/// Pure: the config keys read only at start whose value a reload changed (they take effect when
+/// the agent restarts).
+fn read_at_start_changed(started: &Config, now: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if started.counted != now.counted {
+        out.push("countedResources");
+    }
+    if started.cdi != now.cdi {
+        out.push("cdi");
+    }
+    out
+}
+
 fn counted_specs(config: &Config) -> Vec<ResourceSpec> {
     config.counted.iter().map(|c| ResourceSpec::Counted(c.clone())).collect()
 }
@@ -313,6 +326,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     let mut bind_ok = prepare_host(&opts, config.clone(), &observer, &events).await;
     let counted = counted_specs(&config);
     let cdi = config.cdi.as_ref().map(|c| Arc::new(CdiSpec::open(&opts.root, c)));
+    let started_with = config.clone();
     let (config_tx, config_rx) = watch::channel(config);
     let mut config_view = config_rx.clone();
     let monitor_opts = MonitorOptions { rescan_interval: Some(opts.rescan_interval), ..MonitorOptions::default() };
@@ -369,6 +383,13 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
             Ok(()) = inventory.changed() => reassess = true,
             Ok(()) = config_view.changed() => {
                 let config = config_view.borrow_and_update().clone();
+                let keys = read_at_start_changed(&started_with, &config);
+                if !keys.is_empty() {
+                    tracing::warn!(
+                        keys = keys.join(", "),
+                        "these config keys changed; they take effect when the agent restarts (delete its pod)"
+                    );
+                }
                 bind_ok = prepare_host(&opts, config, &observer, &events).await;
                 rescan.rescan();
                 reassess = true;
@@ -439,5 +460,15 @@ mod tests {
         assert!(concerns_config(None, f));
         assert!(!concerns_config(Some("agent.log"), f));
         assert!(!concerns_config(Some("config.yaml.swp"), f));
+    }
+
+    #[test]
+    fn keys_read_at_start_are_named_when_a_reload_changes_them() {
+        let parse = |t: &str| Config::parse(t).expect("valid");
+        let start = parse("cdi:\n  kind: nodeprep.io/vfio\n");
+        assert!(read_at_start_changed(&start, &parse("cdi:\n  kind: nodeprep.io/vfio\nhugepages: []\n")).is_empty());
+        assert_eq!(read_at_start_changed(&start, &parse("devices: []\n")), ["cdi"]);
+        let counted = parse("countedResources:\n  - resourceName: kata.peerpods.io/vm\n");
+        assert_eq!(read_at_start_changed(&start, &counted), ["countedResources", "cdi"]);
     }
 }
