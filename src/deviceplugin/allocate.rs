@@ -240,17 +240,6 @@ pub fn container_response(
     host: &VfioHost,
     cdi_kind: Option<&str>,
 ) -> ContainerAllocateResponse {
-    let mut paths: Vec<String> = vec![VFIO_CONTAINER.to_owned()];
-    for d in devices {
-        paths.push(d.group_node());
-    }
-    if host.iommufd && devices.iter().any(|d| d.cdev.is_some()) {
-        paths.push(IOMMUFD.to_owned());
-        paths.extend(devices.iter().filter_map(|d| d.cdev.as_ref()).map(|c| format!("/dev/vfio/devices/{c}")));
-    }
-    let mut seen = std::collections::HashSet::new();
-    paths.retain(|p| seen.insert(p.clone()));
-
     let addresses: Vec<String> = devices.iter().map(|d| d.address.to_string()).collect();
     let joined = addresses.join(",");
     let info: BTreeMap<String, serde_json::Value> = devices
@@ -277,10 +266,31 @@ pub fn container_response(
         },
         None => ContainerAllocateResponse {
             envs,
-            devices: paths.iter().map(|p| spec(p, VFIO_PERMISSIONS)).collect(),
+            devices: device_paths(devices, host).iter().map(|p| spec(p, VFIO_PERMISSIONS)).collect(),
             ..Default::default()
         },
     }
+}
+
+/// Pure: the device's VFIO character device node (`/dev/vfio/devices/vfio0`), handed out only
+/// when the host has iommufd.
+pub fn cdev_node(device: &VfioDevice, host: &VfioHost) -> Option<String> {
+    device.cdev.as_ref().filter(|_| host.iommufd).map(|c| format!("/dev/vfio/devices/{c}"))
+}
+
+/// Pure: the nodes a container opens for these devices, each once: the container, the groups'
+/// nodes, then with iommufd `/dev/iommu` and the devices' character devices.
+fn device_paths(devices: &[VfioDevice], host: &VfioHost) -> Vec<String> {
+    let mut paths: Vec<String> = vec![VFIO_CONTAINER.to_owned()];
+    paths.extend(devices.iter().map(VfioDevice::group_node));
+    let cdevs: Vec<String> = devices.iter().filter_map(|d| cdev_node(d, host)).collect();
+    if !cdevs.is_empty() {
+        paths.push(IOMMUFD.to_owned());
+        paths.extend(cdevs);
+    }
+    let mut seen = std::collections::HashSet::new();
+    paths.retain(|p| seen.insert(p.clone()));
+    paths
 }
 
 /// Pure: what a container gets for devices of a counted resource: the device node, if any.

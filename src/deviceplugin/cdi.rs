@@ -27,7 +27,7 @@ use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use super::allocate::{IOMMUFD, VFIO_CONTAINER, VfioDevice, VfioHost};
+use super::allocate::{IOMMUFD, VFIO_CONTAINER, VfioDevice, VfioHost, cdev_node};
 use crate::host::HostRoot;
 
 /// Where runtimes look for specs generated at run time.
@@ -40,7 +40,10 @@ pub const CDI_PERMISSIONS: &str = "rwm";
 /// Writing the spec file.
 #[derive(Debug, thiserror::Error)]
 pub enum CdiError {
-    #[error("CDI spec {}: {op}: {source}", .path.display())]
+    #[error(
+        "CDI spec {}: {op}: {source} (the agent must be able to write the host's CDI spec directory; without `cdi:` in the config it hands out device nodes instead)",
+        .path.display()
+    )]
     Io {
         path: PathBuf,
         op: &'static str,
@@ -135,9 +138,9 @@ fn node(path: &str) -> DeviceNode {
 /// and its VFIO character device.
 pub fn device_edits(device: &VfioDevice, host: &VfioHost) -> ContainerEdits {
     let mut nodes = vec![node(&device.group_node())];
-    if let Some(c) = device.cdev.as_ref().filter(|_| host.iommufd) {
+    if let Some(c) = cdev_node(device, host) {
         nodes.push(node(IOMMUFD));
-        nodes.push(node(&format!("/dev/vfio/devices/{c}")));
+        nodes.push(node(&c));
     }
     ContainerEdits { device_nodes: nodes }
 }

@@ -231,12 +231,7 @@ impl Monitor {
         (m, rx)
     }
 
-    /// The inventory of the last good scan (none when every scan so far failed).
-    pub fn inventory(&self) -> Option<Arc<PciInventory>> {
-        self.inventory.borrow().clone()
-    }
-
-    /// The inventory as it changes: a new value after each scan that found something different
+    /// The inventory of the last good scan (none when every scan so far failed), as it changes: a new value after each scan that found something different
     /// (the agent's labels follow it without a scan of their own).
     pub fn inventory_updates(&self) -> watch::Receiver<Option<Arc<PciInventory>>> {
         self.inventory.subscribe()
