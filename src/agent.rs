@@ -354,7 +354,8 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     // Labels: from the monitor's first scan, then on every change of their inputs.
     let plugins_registered = |h: &crate::deviceplugin::manager::ManagerHandle| h.status().iter().all(|s| s.registered);
     let mut ready = bind_ok && plugins_registered(&handle);
-    let mut assessment = assess_blocking(&opts.root, inventory.borrow_and_update().clone()).await;
+    let first = inventory.borrow_and_update().clone();
+    let mut assessment = assess_blocking(&opts.root, first).await;
     let manage_kata = |c: &Config| c.node_labels.kata;
     if let Some(a) = &assessment {
         publish_labels(&desired_tx, desired_labels(a, ready, manage_kata(&config_view.borrow())), cluster);
@@ -414,7 +415,11 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
             }
         }
         if reassess {
-            if let Some(a) = assess_blocking(&opts.root, inventory.borrow_and_update().clone()).await {
+            // Clone out of the channel in a statement of its own: a `Ref` kept alive across the
+            // `.await` (as an `if let` scrutinee's temporary would be) holds the channel's read
+            // lock while the monitor, on this same thread, waits for its write lock: a deadlock.
+            let latest = inventory.borrow_and_update().clone();
+            if let Some(a) = assess_blocking(&opts.root, latest).await {
                 publish_labels(&desired_tx, desired_labels(&a, ready, manage_kata(&config_view.borrow())), cluster);
                 assessment = Some(a);
             }
@@ -439,6 +444,15 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         Ok(Err(e)) => Err(AgentError::Monitor(e.to_string())),
         _ => Ok(()),
     }
+}
+
+/// Compile-time proof that the loop holds no lock across an `.await`: a `std::sync` guard or a
+/// `watch::Ref` alive at an await point makes the future `!Send`, and this would not compile.
+/// (On the agent's one-thread runtime such a guard deadlocks the process: the task that needs
+/// the lock runs on the very thread that waits for it.)
+#[allow(dead_code)]
+fn run_holds_no_lock_across_await(opts: AgentOptions) -> impl Future<Output = Result<(), AgentError>> + Send {
+    run(opts, std::future::pending::<()>())
 }
 
 /// The delay before the next label resync: the interval ± 10 %.

@@ -95,6 +95,9 @@ pub fn in_use_reason(d: &PciDevice, inv: &PciInventory, allocations: &[Allocatio
     if !uses.is_empty() {
         return Some(format!("the host uses it: {}", uses.join("; ")));
     }
+    if !d.use_unknown.is_empty() {
+        return Some(format!("nodeprep cannot tell whether the host uses it: {}", d.use_unknown.join("; ")));
+    }
     if let Some(a) = allocations.iter().find(|a| a.holds(&d.address.to_string())) {
         return Some(format!(
             "the kubelet allocated it to pod {} (container {}) as {}",

@@ -3,8 +3,10 @@
 //! Everything here turns kernel files into the plain data in [`crate::model`]; no decisions are
 //! made here.
 
+pub mod block;
 pub mod inotify;
 pub mod kubelet;
+pub mod net;
 pub mod pci;
 pub mod root;
 pub mod system;

@@ -64,6 +64,10 @@ pub struct PciDevice {
     /// Block devices the host has through this function.
     #[serde(default)]
     pub block: Vec<BlockDevice>,
+    /// Why nodeprep cannot tell whether the host uses this function (a table that decides it
+    /// could not be read, an interface it cannot see): such a function is never bound.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub use_unknown: Vec<String>,
     /// Files that were missing or garbage for this device; the matching fields are `None`.
     #[serde(default)]
     pub warnings: Vec<String>,
