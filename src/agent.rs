@@ -222,21 +222,27 @@ fn counted_specs(config: &Config) -> Vec<ResourceSpec> {
     config.counted.iter().map(|c| ResourceSpec::Counted(c.clone())).collect()
 }
 
+/// The directory holding the config file (a ConfigMap volume swaps its `..data` link there).
+fn config_dir(path: &Path) -> PathBuf {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
 /// Watches the config's directory and publishes every new valid config; an invalid one is
-/// logged and ignored (the last good one keeps running).
+/// logged and ignored (the last good one keeps running). `watcher` was set up before the
+/// running config was read, from `started_text`: a change in between is not lost.
 async fn watch_config(
     path: PathBuf,
+    mut watcher: DirWatcher,
+    started_text: String,
     tx: watch::Sender<Arc<Config>>,
     observer: Observer,
     events: Recorder,
 ) -> Result<(), AgentError> {
-    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let dir = config_dir(&path);
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let mut watcher =
-        DirWatcher::new(&dir).map_err(|e| AgentError::ConfigWatch { path: dir.clone(), message: e.to_string() })?;
     // The text last acted on: a rewrite with the same bytes (or a refused text seen again)
     // changes nothing and is not logged again.
-    let mut last_text = std::fs::read_to_string(&path).ok();
+    let mut last_text = Some(started_text);
     loop {
         match watcher.next_change().await {
             Err(e) => return Err(AgentError::ConfigWatch { path: dir, message: e.to_string() }),
@@ -288,7 +294,11 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     let observer = Observer::new();
     let listener =
         TcpListener::bind(opts.listen).await.map_err(|source| AgentError::Listen { addr: opts.listen, source })?;
-    let config = Config::load(&opts.config_path)?;
+    // The config's directory is watched before the config is read: a change in between is seen.
+    let config_dir = config_dir(&opts.config_path);
+    let config_watcher = DirWatcher::new(&config_dir)
+        .map_err(|e| AgentError::ConfigWatch { path: config_dir.clone(), message: e.to_string() })?;
+    let (config, config_text) = Config::load_with_text(&opts.config_path)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -363,7 +373,21 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
 
     crate::alloc::release_freed();
     let monitor_task = tokio::spawn(monitor.run(stopped(stop_rx.clone())));
-    let config_task = tokio::spawn(watch_config(opts.config_path.clone(), config_tx, observer.clone(), events.clone()));
+    let config_task = tokio::spawn({
+        let watch = watch_config(
+            opts.config_path.clone(),
+            config_watcher,
+            config_text,
+            config_tx,
+            observer.clone(),
+            events.clone(),
+        );
+        async move {
+            if let Err(e) = watch.await {
+                tracing::error!(error = %e, "config changes are no longer seen; restart the agent to pick them up");
+            }
+        }
+    });
     let http_task = tokio::spawn(observe::serve(listener, observer.clone(), stopped(stop_rx.clone())));
 
     // The loop's heartbeat (for /healthz) and the views /readyz and /metrics read.

@@ -667,3 +667,95 @@ section after-one-gi cat /sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepag
     assert_eq!(out.section("after-one-gi").trim(), "0");
     assert!(o["detail"].as_str().unwrap_or_default().contains("granted 0 of 1 1Gi pages"), "{o}");
 }
+
+// ---- liveness: the agent after a config swap ---------------------------------------------------
+
+/// The config swap that deadlocked the agent on one vCPU (4 runs in 5 before the fix): a
+/// ConfigMap-style directory (`..v1/`, `..data -> ..v1`, `config.yaml -> ..data/config.yaml`)
+/// selecting e1000e and edu; once both are on vfio-pci, `..data` swapped to a version that
+/// selects only edu. Then an Allocate, `/healthz`, and SIGTERM, which must end the agent with
+/// status 0 within 2 s. Twenty rounds in one boot, the devices given back between rounds.
+#[test]
+fn config_swap_then_allocate_healthz_and_sigterm_twenty_times_on_one_cpu() {
+    const ROUNDS: u32 = 20;
+    let dir = "/tmp/dp";
+    let sock = format!("{dir}/nodeprep.io-edu.sock");
+    let (e_vendor, e_device) = E1000E_ID;
+    let (x_vendor, x_device) = EDU_ID;
+    let script = format!(
+        r#"
+ip link set lo up
+mkdir -p /etc/np/..v1 /etc/np/..v2 {dir}
+cat > /etc/np/..v1/config.yaml <<EOC
+devices:
+  - resourceName: nodeprep.io/e1000e
+    selectors: {{vendors: ["{e_vendor}"], devices: ["{e_device}"]}}
+  - resourceName: nodeprep.io/edu
+    selectors: {{vendors: ["{x_vendor}"], devices: ["{x_device}"]}}
+EOC
+cat > /etc/np/..v2/config.yaml <<EOC
+devices:
+  - resourceName: nodeprep.io/edu
+    selectors: {{vendors: ["{x_vendor}"], devices: ["{x_device}"]}}
+EOC
+ln -s ..data/config.yaml /etc/np/config.yaml
+drv() {{ [ -e /sys/bus/pci/devices/$1/driver ] && basename "$(readlink /sys/bus/pci/devices/$1/driver)"; }}
+rounds() {{
+  r=1
+  while [ $r -le {ROUNDS} ]; do
+    ln -sfn ..v1 /etc/np/..data
+    nodeprep --log-level info run --no-kube --config /etc/np/config.yaml --plugin-dir {dir} --listen 127.0.0.1:9437 > /tmp/run-$r.log 2>&1 &
+    RUN=$!
+    i=0
+    while [ $i -lt 400 ]; do
+      [ -S {sock} ] && [ "$(drv {E1000E})" = vfio-pci ] && [ "$(drv {EDU})" = vfio-pci ] && break
+      usleep 50000; i=$((i+1))
+    done
+    bound="$(drv {E1000E}),$(drv {EDU})"
+    ln -sfn ..v2 /etc/np/..data
+    i=0
+    while ! grep -q "config reloaded" /tmp/run-$r.log && [ $i -lt 200 ]; do usleep 50000; i=$((i+1)); done
+    reloaded=no
+    grep -q "config reloaded" /tmp/run-$r.log && reloaded=yes
+    # The monitor's rescan after the reload (the moment of the old deadlock) has come and gone.
+    i=0
+    while ! grep -q "devices changed" /tmp/run-$r.log && [ $i -lt 100 ]; do usleep 50000; i=$((i+1)); done
+    timeout 10 nodeprep plugins probe --allocate {EDU} {sock} > /tmp/alloc-$r.json 2>&1
+    alloc=$?
+    health=$(timeout 5 wget -q -O - http://127.0.0.1:9437/healthz 2>/dev/null | head -c 2)
+    kill -TERM $RUN
+    i=0
+    while kill -0 $RUN 2>/dev/null && [ $i -lt 40 ]; do usleep 50000; i=$((i+1)); done
+    if kill -0 $RUN 2>/dev/null; then
+      exit_status=hung
+      echo "--- round $r: still running 2 s after SIGTERM; its threads:"
+      for t in /proc/$RUN/task/*; do echo "${{t##*/}} $(cat $t/wchan) $(cat $t/stat | cut -d' ' -f3)"; done
+      tail -20 /tmp/run-$r.log
+      kill -KILL $RUN
+      wait $RUN
+    else
+      wait $RUN
+      exit_status=$?
+    fi
+    echo "round=$r bound=$bound reloaded=$reloaded alloc=$alloc health=$health exit=$exit_status"
+    nodeprep unbind > /tmp/unbind-$r.log 2>&1 || cat /tmp/unbind-$r.log
+    r=$((r+1))
+  done
+}}
+section rounds rounds
+section last-run cat /tmp/run-{ROUNDS}.log
+"#,
+        E1000E = E1000E,
+        EDU = EDU,
+    );
+    let out = Vm::new(Machine::Iommu).timeout(std::time::Duration::from_secs(600)).run(&script);
+    let rounds: Vec<&str> = out.section("rounds").lines().filter(|l| l.starts_with("round=")).collect();
+    assert_eq!(rounds.len(), ROUNDS as usize, "every round ran:\n{}", out.section("rounds"));
+    for line in &rounds {
+        assert!(
+            line.ends_with("bound=vfio-pci,vfio-pci reloaded=yes alloc=0 health=ok exit=0"),
+            "each round: both bound, the swap seen (it comes as soon as the socket is up, before the agent is fully started), then an Allocate answered, /healthz ok, and exit 0 within 2 s of SIGTERM; got {line}\n{}",
+            out.section("rounds")
+        );
+    }
+}

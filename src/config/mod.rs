@@ -316,12 +316,19 @@ fn parse_bind(at: &str, bind: Option<&str>, problems: &mut Vec<String>) -> BindP
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with_text(path).map(|(c, _)| c)
+    }
+
+    /// [`load`](Self::load), also returning the text it parsed (what a watcher compares later
+    /// reads with).
+    pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Config::parse(&text).map_err(|e| match e {
+        let config = Config::parse(&text).map_err(|e| match e {
             ParseError::Syntax(message) => ConfigError::Syntax { path: path.to_owned(), message },
             ParseError::Invalid(problems) => ConfigError::Invalid { path: path.to_owned(), problems },
-        })
+        })?;
+        Ok((config, text))
     }
 
     /// Parses and validates config text; every problem is listed.
