@@ -34,8 +34,8 @@ SELF=$(readlink -f "${BASH_SOURCE[0]}")
 
 # Modules the tests need (their dependencies come from modules.dep): vfio-pci and friends for
 # binding, e1000e and nvme so the devices have host drivers, ext4 (which also serves ext2) for the
-# mounted disk.
-REQUIRED_MODULES=(vfio vfio_pci vfio_pci_core vfio_iommu_type1 irqbypass e1000e nvme nvme_core ext4)
+# mounted disk, bridge for a NIC enslaved to a Linux bridge.
+REQUIRED_MODULES=(vfio vfio_pci vfio_pci_core vfio_iommu_type1 irqbypass e1000e nvme nvme_core ext4 bridge)
 # Taken when the kernel has them as modules.
 OPTIONAL_MODULES=(vfio_virqfd crc32c_generic crc32c_intel)
 

@@ -759,3 +759,93 @@ section last-run cat /tmp/run-{ROUNDS}.log
         );
     }
 }
+
+// ---- what the host uses, on a real kernel ------------------------------------------------------
+
+/// e1000e as a port of a Linux bridge that carries an address: refused, naming the bridge. Once
+/// the bridge is deleted the same config binds it.
+#[test]
+fn a_nic_in_a_bridge_with_an_address_is_refused_and_binds_once_the_bridge_is_gone() {
+    let (vendor, device) = E1000E_ID;
+    let script = format!(
+        r#"{KERNEL_VIEW}
+cat > /tmp/nic.yaml <<EOC
+devices:
+  - resourceName: nodeprep.io/nic
+    selectors: {{vendors: ["{vendor}"], devices: ["{device}"]}}
+EOC
+E=$(ls /sys/bus/pci/devices/{E1000E}/net)
+modprobe bridge
+brctl addbr br0
+brctl addif br0 $E
+ip link set $E up
+ip link set br0 up
+ip addr add 192.0.2.10/24 dev br0
+section iface echo $E
+section master readlink /sys/class/net/$E/master
+section plan-bridged nodeprep bind --config /tmp/nic.yaml --dry-run -o json
+ip link set br0 down
+brctl delif br0 $E
+brctl delbr br0
+section bind-unbridged nodeprep bind --config /tmp/nic.yaml -o json
+kernel_view -after
+"#
+    );
+    let out = Vm::new(Machine::Iommu).run(&script);
+    assert!(out.section("master").trim().ends_with("/br0"), "{} is a port of br0", out.section("iface"));
+    let plan = out.json("plan-bridged");
+    let nic = plan["devices"].as_array().expect("devices").iter().find(|d| d["address"] == E1000E).expect("nic");
+    assert_eq!(nic["action"], "refused", "{plan}");
+    let reason = nic["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("br0") && reason.contains(out.section("iface").trim()),
+        "the reason names the bridge: {reason}"
+    );
+    assert_eq!(out.status("bind-unbridged"), 0, "{:?}", out.try_section("bind-unbridged.stderr"));
+    assert_eq!(outcomes(&out, "bind-unbridged")[E1000E]["outcome"], "bound");
+    assert_eq!(drivers(&out, "kernel-pci-after")[E1000E].as_deref(), Some("vfio-pci"));
+}
+
+/// The NVMe disk held by an exclusive opener the host's mount table cannot show: its file system
+/// mounted in a private mount namespace (as a container's would be). The bind-time exclusive open
+/// fails with EBUSY, so the controller is refused; once the holder is gone it would bind.
+#[test]
+fn an_nvme_disk_held_by_an_exclusive_opener_is_refused() {
+    let script = format!(
+        r#"
+cat > /tmp/disk.yaml <<EOC
+devices:
+  - resourceName: nodeprep.io/disk
+    selectors: {{pciAddresses: ["{DISK}"]}}
+EOC
+umount {DISK_MOUNT}
+P=$(for b in /sys/class/block/*; do case "$(readlink -f $b)" in */{DISK}/*) [ -f $b/partition ] && echo ${{b##*/}};; esac; done | head -1)
+mkdir -p /mnt/private
+unshare -m sh -c "mount -t ext2 /dev/$P /mnt/private && touch /tmp/held && exec sleep 600" &
+H=$!
+i=0; while [ ! -e /tmp/held ] && [ $i -lt 100 ]; do usleep 50000; i=$((i+1)); done
+section held echo $P
+section host-mounts cat /proc/1/mountinfo
+section plan-held nodeprep bind --config /tmp/disk.yaml --dry-run -o json
+kill $H; wait $H
+# The private namespace goes with its last process; its mount releases the disk shortly after.
+usleep 500000
+section plan-free nodeprep bind --config /tmp/disk.yaml --dry-run -o json
+"#
+    );
+    let out = Vm::new(Machine::Iommu).run(&script);
+    let part = out.section("held").trim().to_owned();
+    assert!(!part.is_empty(), "found the disk's partition");
+    assert!(
+        !out.section("host-mounts").contains("/mnt/private"),
+        "the host's mount table does not show the private mount"
+    );
+    let plan = out.json("plan-held");
+    let disk = plan["devices"].as_array().expect("devices").iter().find(|d| d["address"] == DISK).expect("disk");
+    assert_eq!(disk["action"], "refused", "{plan}");
+    let reason = disk["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(&part) && reason.contains("exclusive"), "the reason names the held partition: {reason}");
+    let free = out.json("plan-free");
+    let disk = free["devices"].as_array().expect("devices").iter().find(|d| d["address"] == DISK).expect("disk");
+    assert_eq!(disk["action"], "bind", "nothing holds it any more: {free}");
+}
