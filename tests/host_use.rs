@@ -185,6 +185,16 @@ fn unreadable_mountinfo_refuses_disks_and_storage_controllers_naming_the_table()
     assert!(text.contains("Cannot tell whether the host uses it: a storage table cannot be read"), "{text}");
 }
 
+#[test]
+fn disks_with_no_mount_table_at_all_are_refused() {
+    let t = host();
+    nvme_fn(&t, "0000:3b:00.0", 2);
+    t.nvme("0000:3b:00.0", "nvme1", "nvme1n1", (259, 0), &[]);
+    let why = refusal(&plan(&t, &select("0000:3b:00.0")), "0000:3b:00.0");
+    assert!(why.contains("nodeprep cannot tell whether the host uses it"), "{why}");
+    assert!(why.contains("neither it nor proc/mounts exists"), "{why}");
+}
+
 // ---- character devices held open ---------------------------------------------------------
 
 const GPU: &str = "0000:01:00.0";

@@ -299,11 +299,10 @@ fn subsystem_functions(root: &HostRoot, subsys: &str) -> Result<Vec<PciAddress>,
             out.push(a);
         }
     }
+    // NVMe over fabrics controllers (`devices/virtual/nvme-fabrics/ctl/nvmeK`) have no PCI
+    // function to protect.
     out.sort();
     out.dedup();
-    if out.is_empty() {
-        return Err(HostError::invalid(dir, "no controller of this NVMe subsystem sits under a PCI function"));
-    }
     Ok(out)
 }
 
@@ -398,13 +397,21 @@ pub(super) fn attach(
                 }
             }
         }
-        if let Some(text) = table(root, "proc/1/mountinfo", &mut failures) {
-            let (parsed, bad) = parse_mountinfo(&text);
+        let mountinfo = table(root, "proc/1/mountinfo", &mut failures);
+        let mounts = table(root, "proc/mounts", &mut failures);
+        if let Some(text) = &mountinfo {
+            let (parsed, bad) = parse_mountinfo(text);
             t.mounts.extend(parsed);
             warnings.extend(bad.into_iter().map(|b| format!("{}: {b}", root.join("proc/1/mountinfo").display())));
         }
-        if let Some(text) = table(root, "proc/mounts", &mut failures) {
-            t.mounts.extend(parse_mounts(&text));
+        if let Some(text) = &mounts {
+            t.mounts.extend(parse_mounts(text));
+        }
+        if mountinfo.is_none() && mounts.is_none() && !failures.iter().any(|f| f.contains("mount")) {
+            failures.push(format!(
+                "{}: neither it nor proc/mounts exists, so nothing says what is mounted",
+                root.join("proc/1/mountinfo").display()
+            ));
         }
         // Absent proc/swaps means no swap support: nothing is swapped on.
         if let Some(text) = table(root, "proc/swaps", &mut failures) {

@@ -277,9 +277,9 @@ mod tests {
     #[test]
     fn dev_t_splits_like_glibc() {
         assert_eq!(split_dev((226 << 8) | 128), (226, 128));
-        // 259:1048576 needs the high minor bits (makedev puts them at bit 20 and up).
-        let rdev = ((259u64 & 0xfff) << 8) | (1_048_576u64 & 0xff) | ((1_048_576u64 & !0xff) << 12);
-        assert_eq!(split_dev(rdev), (259, 1_048_576));
+        // 259:1048577 needs the high minor bits (makedev puts them at bit 20 and up).
+        assert_eq!(split_dev(nix::sys::stat::makedev(259, 1_048_577)), (259, 1_048_577));
+        assert_eq!(split_dev(nix::sys::stat::makedev(4095, 7)), (4095, 7));
     }
 
     #[test]
