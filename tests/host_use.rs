@@ -320,3 +320,36 @@ fn disk_held_by_an_exclusive_opener_is_refused_and_binds_once_released() {
         "{why}"
     );
 }
+
+#[test]
+fn new_fixture_links_are_kernel_accurate() {
+    let t = host();
+    nvme_fn(&t, "0000:3b:00.0", 2);
+    nvme_fn(&t, "0000:3c:00.0", 3);
+    t.nvme("0000:3b:00.0", "nvme0", "nvme0n1", (259, 0), &[("nvme0n1p2", (259, 1))]);
+    t.nvme_multipath(1, 1, (259, 5), &[], &[("0000:3c:00.0", "nvme1")]);
+    t.btrfs("5d0a7b3c-1e2f-4a5b-8c9d-0e1f2a3b4c5d", "", &["nvme0n1p2"]);
+    let link = |p: &str| fs::read_link(t.path(p)).expect("link").display().to_string();
+    // As on a real host: `ls -l /sys/class/nvme-subsystem/nvme-subsys1/`, `/sys/fs/btrfs/*/devices/`.
+    assert_eq!(link("sys/class/nvme-subsystem/nvme-subsys1"), "../../devices/virtual/nvme-subsystem/nvme-subsys1");
+    assert_eq!(
+        link("sys/devices/virtual/nvme-subsystem/nvme-subsys1/nvme1"),
+        "../../../pci0000:00/0000:00:1c.0/0000:3c:00.0/nvme/nvme1"
+    );
+    assert_eq!(link("sys/class/block/nvme1n1"), "../../devices/virtual/nvme-subsystem/nvme-subsys1/nvme1n1");
+    assert_eq!(
+        link("sys/class/block/nvme1c1n1"),
+        "../../devices/pci0000:00/0000:00:1c.0/0000:3c:00.0/nvme/nvme1/nvme1c1n1"
+    );
+    assert_eq!(
+        link("sys/fs/btrfs/5d0a7b3c-1e2f-4a5b-8c9d-0e1f2a3b4c5d/devices/nvme0n1p2"),
+        "../../../../devices/pci0000:00/0000:00:1c.0/0000:3b:00.0/nvme/nvme0/nvme0n1/nvme0n1p2"
+    );
+    for p in [
+        "sys/class/nvme-subsystem/nvme-subsys1/nvme1",
+        "sys/fs/btrfs/5d0a7b3c-1e2f-4a5b-8c9d-0e1f2a3b4c5d/devices/nvme0n1p2/dev",
+    ] {
+        assert!(t.path(p).exists(), "{p} resolves");
+    }
+    assert_eq!(fs::read_to_string(t.path("sys/class/block/nvme1c1n1/hidden")).expect("hidden"), "1\n");
+}
