@@ -43,12 +43,23 @@ pub fn plan_for(root: &HostRoot, config: &Config) -> Result<BindPlan, BindError>
 
 /// [`plan_for`] with nodeprep's records already read: a `drivers` selector matches what a
 /// device had before nodeprep bound it.
+///
+/// The plan is made twice: the first says which IOMMU groups would be written to; only their
+/// endpoints get the bind-time probes (an exclusive open of each disk, the processes holding a
+/// character node open), whose findings the second, final plan weighs.
 fn plan_with(root: &HostRoot, config: &Config, state: &State) -> Result<BindPlan, BindError> {
-    let inv =
+    let mut inv =
         host::pci::discover(root).map_err(|source| BindError::Discover { root: root.path().to_owned(), source })?;
     let claims = config.claims_with(&inv, &state.original_drivers()).map_err(BindError::Claims)?;
     let allocations = host::kubelet::read_allocations(root).map_err(BindError::Allocations)?;
     let vfio_loaded = root.join(crate::model::pci::VFIO_PCI_DRIVER_DIR).exists();
+    let first = plan_bind(&inv, config, &claims, &allocations, vfio_loaded);
+    let candidates: Vec<crate::model::PciAddress> =
+        first.groups_to_bind().values().flatten().map(|d| d.address).collect();
+    if candidates.is_empty() {
+        return Ok(first);
+    }
+    host::openers::probe(root, &mut inv, &candidates);
     Ok(plan_bind(&inv, config, &claims, &allocations, vfio_loaded))
 }
 

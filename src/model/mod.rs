@@ -6,4 +6,6 @@ pub mod pci;
 pub mod system;
 
 pub use address::{AddressError, PciAddress};
-pub use pci::{BlockDevice, IommuGroup, Mount, NetInterface, PciDevice, PciInventory};
+pub use pci::{
+    BlockDevice, BlockHolder, BtrfsMember, IommuGroup, Mount, NetInterface, OpenNode, PciDevice, PciInventory,
+};

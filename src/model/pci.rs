@@ -68,6 +68,10 @@ pub struct PciDevice {
     /// could not be read, an interface it cannot see): such a function is never bound.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub use_unknown: Vec<String>,
+    /// Processes holding one of its character device nodes open (`/dev/dri/card0`, ...). Filled
+    /// only at bind time, for the devices a plan would write to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_open: Vec<OpenNode>,
     /// Files that were missing or garbage for this device; the matching fields are `None`.
     #[serde(default)]
     pub warnings: Vec<String>,
@@ -100,6 +104,24 @@ impl PciDevice {
             for s in &b.swaps {
                 uses.push(format!("{s} is in use as swap"));
             }
+            for h in &b.holders {
+                uses.push(format!("{} is held by {} ({})", h.device, h.holder, h.kind));
+            }
+            for m in &b.btrfs {
+                uses.push(format!(
+                    "{} belongs to btrfs {} ({} devices: {})",
+                    m.device,
+                    m.label.as_deref().map_or_else(|| m.fsid.clone(), |l| format!("{:?} {}", l, m.fsid)),
+                    m.members.len(),
+                    m.members.join(", ")
+                ));
+            }
+            for name in &b.busy {
+                uses.push(format!("{name} is held open exclusively (an O_EXCL open fails with EBUSY)"));
+            }
+        }
+        for o in &self.held_open {
+            uses.push(format!("process {} ({}) holds {} open", o.pid, o.comm, o.node));
         }
         if self.boot_vga {
             uses.push("boot VGA device".to_owned());
@@ -137,6 +159,54 @@ pub struct BlockDevice {
     /// Swap areas on the disk or its partitions.
     #[serde(default)]
     pub swaps: Vec<String>,
+    /// Devices stacked directly on the disk or its partitions (LVM, dm-crypt, md), mounted or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<BlockHolder>,
+    /// Memberships of the disk or its partitions in a btrfs the kernel has open
+    /// (`sys/fs/btrfs/<fsid>/devices/<name>`), however that btrfs is mounted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub btrfs: Vec<BtrfsMember>,
+    /// For an NVMe native-multipath head (`nvme1n1` under `nvme-subsys1`): the subsystem. The
+    /// head's disk is listed on every PCI function with a controller in that subsystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvme_subsystem: Option<String>,
+    /// The disk or partitions an exclusive open found busy (EBUSY). Filled only at bind time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub busy: Vec<String>,
+}
+
+/// A block device stacked on a disk or partition (a `holders/` entry).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockHolder {
+    /// The disk or partition held (`nvme1n1`, `sda2`).
+    pub device: String,
+    /// The holder's kernel name (`dm-3`, `md0`).
+    pub holder: String,
+    /// What the holder is, in words: `LVM volume vg0-osd0`, `dm-crypt volume luks-1`, `md raid1 array`.
+    pub kind: String,
+}
+
+/// A disk or partition that is a device of a btrfs file system.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BtrfsMember {
+    /// The member (`nvme2n1`).
+    pub device: String,
+    pub fsid: String,
+    pub label: Option<String>,
+    /// Every device of that btrfs, sorted.
+    pub members: Vec<String>,
+}
+
+/// A process holding a device's character node open.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenNode {
+    /// The node as devtmpfs names it (`/dev/dri/card0`).
+    pub node: String,
+    pub pid: u32,
+    pub comm: String,
 }
 
 /// One mounted file system backed by a block device.

@@ -97,6 +97,15 @@ fn device(out: &mut String, d: &PciDevice) {
         if !b.partitions.is_empty() {
             let _ = write!(line, " ({})", b.partitions.join(", "));
         }
+        if let Some(subsys) = &b.nvme_subsystem {
+            let _ = write!(line, "; multipath head of {subsys}");
+        }
+        for h in &b.holders {
+            let _ = write!(line, "; {} held by {} ({})", h.device, h.holder, h.kind);
+        }
+        for m in &b.btrfs {
+            let _ = write!(line, "; {} in btrfs {} with {}", m.device, m.fsid, m.members.join(", "));
+        }
         for m in &b.mounts {
             let _ = write!(line, "; {} mounted on {} ({})", m.device, m.mount_point, m.fs_type);
         }
@@ -111,6 +120,9 @@ fn device(out: &mut String, d: &PciDevice) {
     let uses = d.host_uses();
     if !uses.is_empty() {
         let _ = writeln!(out, "\tHost uses it: {}", uses.join("; "));
+    }
+    if !d.use_unknown.is_empty() {
+        let _ = writeln!(out, "\tCannot tell whether the host uses it: {}", d.use_unknown.join("; "));
     }
     for w in &d.warnings {
         let _ = writeln!(out, "\tWarning: {w}");

@@ -782,8 +782,18 @@ impl HostTree {
         majmin: (u32, u32),
         partitions: &[(&str, (u32, u32))],
     ) -> &Self {
+        let cdir = self.nvme_ctrl(pci, ctrl);
+        self.disk_at(&cdir, &cdir, ns, majmin, partitions, false);
+        self
+    }
+
+    /// The controller directory `.../<pci>/nvme/<ctrl>/` and `sys/class/nvme/<ctrl>` (once).
+    fn nvme_ctrl(&self, pci: &str, ctrl: &str) -> PathBuf {
         let ddir = self.dev_dir(pci);
         let cdir = ddir.join("nvme").join(ctrl);
+        if self.st.borrow().dirs.contains(&cdir) {
+            return cdir;
+        }
         self.mkdir(&cdir);
         let cnum = partition_number(ctrl);
         self.put(&cdir.join("address"), format!("{pci}\n"));
@@ -796,7 +806,43 @@ impl HostTree {
         self.link_to(&cdir.join("device"), &ddir);
         self.link_to(&cdir.join("subsystem"), Path::new("sys/class/nvme"));
         self.link_to(&Path::new("sys/class/nvme").join(ctrl), &cdir);
-        self.disk_at(&cdir, &cdir, ns, majmin, partitions, false);
+        cdir
+    }
+
+    /// NVMe native multipath (`drivers/nvme/host/multipath.c`, `core.c`): subsystem
+    /// `nvme-subsys<subsys>` at `sys/devices/virtual/nvme-subsystem/nvme-subsys<subsys>/` (class
+    /// link `sys/class/nvme-subsystem/...`) with a link `nvmeK` to each controller; the head disk
+    /// `nvme<subsys>n<nsid>` (and its partitions) in the subsystem directory; and under each
+    /// controller `(pci, "nvmeK")` the hidden per-path disk `nvme<subsys>cKn<nsid>` (`hidden` 1,
+    /// no partitions; major:minor 259:(200 + K*8 + nsid)).
+    pub fn nvme_multipath(
+        &self,
+        subsys: u32,
+        nsid: u32,
+        majmin: (u32, u32),
+        partitions: &[(&str, (u32, u32))],
+        paths: &[(&str, &str)],
+    ) -> &Self {
+        let sname = format!("nvme-subsys{subsys}");
+        let sdir = Path::new("sys/devices/virtual/nvme-subsystem").join(&sname);
+        self.mkdir(&sdir);
+        let nqn = format!("nqn.2014.08.org.nvmexpress:144d144dS4FIXTURE{subsys:06}");
+        self.put(&sdir.join("subsysnqn"), format!("{nqn}\n"));
+        self.put(&sdir.join("model"), "FIXTURE NVME DUAL PORT 3.84TB           \n");
+        self.put(&sdir.join("iopolicy"), "numa\n");
+        self.put(&sdir.join("subsystype"), "nvm\n");
+        self.link_to(&sdir.join("subsystem"), Path::new("sys/class/nvme-subsystem"));
+        self.link_to(&Path::new("sys/class/nvme-subsystem").join(&sname), &sdir);
+        for (pci, ctrl) in paths {
+            let cdir = self.nvme_ctrl(pci, ctrl);
+            self.put(&cdir.join("subsysnqn"), format!("{nqn}\n"));
+            self.link_to(&sdir.join(ctrl), &cdir);
+            let k = partition_number(ctrl);
+            let path_disk = format!("nvme{subsys}c{k}n{nsid}");
+            self.disk_at(&cdir, &cdir, &path_disk, (259, 200 + k * 8 + nsid), &[], false);
+            self.put(&cdir.join(&path_disk).join("hidden"), "1\n");
+        }
+        self.disk_at(&sdir, &sdir, &format!("nvme{subsys}n{nsid}"), majmin, partitions, false);
         self
     }
 
@@ -835,6 +881,7 @@ impl HostTree {
         self.put(&dir.join("size"), format!("{DISK_SECTORS}\n"));
         self.put(&dir.join("ro"), "0\n");
         self.put(&dir.join("removable"), "0\n");
+        self.put(&dir.join("hidden"), "0\n");
         self.put(&dir.join("range"), "0\n");
         self.put(
             &dir.join("uevent"),
@@ -880,41 +927,134 @@ impl HostTree {
         self.st.borrow_mut().blocks.insert(name.to_owned(), Block { dir: dir.to_path_buf(), majmin });
     }
 
-    /// A device-mapper device `sys/devices/virtual/block/<name>/` with `dm/name`, stacked on the
-    /// given block devices (already added): `slaves/<part>` links there, and each slave gets
-    /// `holders/<name>` back.
+    /// A device-mapper device `sys/devices/virtual/block/<name>/` with `dm/name` and an LVM
+    /// `dm/uuid`, stacked on the given block devices (already added): `slaves/<part>` links
+    /// there, and each slave gets `holders/<name>` back.
     pub fn dm(&self, name: &str, dm_name: &str, majmin: (u32, u32), slaves: &[&str]) -> &Self {
+        // LVM's uuid: "LVM-" + the VG uuid and the LV uuid, 32 characters each, no dashes.
+        let id: String = dm_name.bytes().map(|b| format!("{b:02x}")).collect();
+        let uuid = format!("LVM-{:0<32}{:0>32}", "Fx7vG0", &id[..id.len().min(32)]);
+        self.dm_with_uuid(name, dm_name, &uuid, majmin, slaves)
+    }
+
+    /// [`dm`](Self::dm) with a given `dm/uuid` (`CRYPT-LUKS2-<uuid>-<name>` for dm-crypt,
+    /// `mpath-<wwid>` for dm-multipath).
+    pub fn dm_with_uuid(&self, name: &str, dm_name: &str, uuid: &str, majmin: (u32, u32), slaves: &[&str]) -> &Self {
+        let dir = self.virtual_block(name, majmin, slaves);
+        self.mkdir(&dir.join("dm"));
+        self.put(&dir.join("dm/name"), format!("{dm_name}\n"));
+        self.put(&dir.join("dm/uuid"), format!("{uuid}\n"));
+        self.put(&dir.join("dm/suspended"), "0\n");
+        self.st.borrow_mut().dm_names.insert(dm_name.to_owned(), name.to_owned());
+        self
+    }
+
+    /// An md array `sys/devices/virtual/block/<name>/` (`md/level`, `md/raid_disks`,
+    /// `md/array_state`, and `md/dev-<member>/block` links), stacked on `members` like
+    /// [`dm`](Self::dm).
+    pub fn md(&self, name: &str, level: &str, majmin: (u32, u32), members: &[&str]) -> &Self {
+        let dir = self.virtual_block(name, majmin, members);
+        self.mkdir(&dir.join("md"));
+        self.put(&dir.join("md/level"), format!("{level}\n"));
+        self.put(&dir.join("md/raid_disks"), format!("{}\n", members.len()));
+        self.put(&dir.join("md/array_state"), "clean\n");
+        self.put(&dir.join("md/metadata_version"), "1.2\n");
+        for m in members {
+            let mdir = self.block_dir(m);
+            self.link_to(&dir.join(format!("md/dev-{m}/block")), &mdir);
+        }
+        self
+    }
+
+    fn block_dir(&self, name: &str) -> PathBuf {
+        let st = self.st.borrow();
+        st.blocks.get(name).map(|b| b.dir.clone()).unwrap_or_else(|| panic!("block device {name} must exist first"))
+    }
+
+    /// A stacked block device under `sys/devices/virtual/block/<name>/` with `slaves/` and the
+    /// slaves' `holders/` links.
+    fn virtual_block(&self, name: &str, majmin: (u32, u32), slaves: &[&str]) -> PathBuf {
         let dir = Path::new("sys/devices/virtual/block").join(name);
         self.mkdir(&dir.join("holders"));
         self.mkdir(&dir.join("slaves"));
-        self.mkdir(&dir.join("dm"));
         self.mkdir(&dir.join("queue"));
         self.put(&dir.join("dev"), majmin_str(majmin));
         self.put(&dir.join("size"), "104857600\n");
         self.put(&dir.join("ro"), "0\n");
         self.put(&dir.join("removable"), "0\n");
+        self.put(&dir.join("hidden"), "0\n");
         self.put(
             &dir.join("uevent"),
             format!("MAJOR={}\nMINOR={}\nDEVNAME={name}\nDEVTYPE=disk\n", majmin.0, majmin.1),
         );
         self.put(&dir.join("queue/rotational"), "0\n");
-        self.put(&dir.join("dm/name"), format!("{dm_name}\n"));
-        self.put(&dir.join("dm/uuid"), format!("LVM-fixture{}\n", dm_name.replace('-', "")));
-        self.put(&dir.join("dm/suspended"), "0\n");
         self.link_to(&dir.join("subsystem"), Path::new("sys/class/block"));
         for s in slaves {
-            let sdir = {
-                let st = self.st.borrow();
-                st.blocks
-                    .get(*s)
-                    .map(|b| b.dir.clone())
-                    .unwrap_or_else(|| panic!("block device {s} must exist before dm {name}"))
-            };
+            let sdir = self.block_dir(s);
             self.link_to(&dir.join("slaves").join(s), &sdir);
             self.link_to(&sdir.join("holders").join(name), &dir);
         }
         self.register_block(name, &dir, majmin, true);
-        self.st.borrow_mut().dm_names.insert(dm_name.to_owned(), name.to_owned());
+        dir
+    }
+
+    /// A btrfs the kernel has open (mounted): `sys/fs/btrfs/<fsid>/` with `label` and
+    /// `devices/<member>` linking to each member's block device directory (`fs/btrfs/sysfs.c`,
+    /// `btrfs_sysfs_add_device`), and `sys/fs/btrfs/features/`.
+    pub fn btrfs(&self, fsid: &str, label: &str, members: &[&str]) -> &Self {
+        let dir = Path::new("sys/fs/btrfs").join(fsid);
+        self.mkdir(&dir.join("devices"));
+        self.mkdir(Path::new("sys/fs/btrfs/features"));
+        self.put(&dir.join("label"), format!("{label}\n"));
+        self.put(&dir.join("metadata_uuid"), format!("{fsid}\n"));
+        self.put(&dir.join("nodesize"), "16384\n");
+        self.put(&dir.join("sectorsize"), "4096\n");
+        for m in members {
+            let mdir = self.block_dir(m);
+            self.link_to(&dir.join("devices").join(m), &mdir);
+        }
+        self
+    }
+
+    /// `dev/<name>` as a real block device node with `majmin` (mknod: needs root).
+    pub fn block_node(&self, name: &str, majmin: (u32, u32)) -> &Self {
+        use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+        self.mkdir(Path::new("dev"));
+        let path = self.root().join("dev").join(name);
+        let dev = makedev(u64::from(majmin.0), u64::from(majmin.1));
+        mknod(&path, SFlag::S_IFBLK, Mode::from_bits_truncate(0o660), dev)
+            .unwrap_or_else(|e| panic!("mknod {} (the test must run as root): {e}", path.display()));
+        self
+    }
+
+    // ---- character devices and processes ---------------------------------------------------
+
+    /// A DRM minor `.../<pci>/drm/<name>/` (`card0`: major 226, minor N; `renderD128`: minor 128+N)
+    /// with `dev`, `uevent`, `device` and `subsystem` links, and `sys/class/drm/<name>`.
+    pub fn drm(&self, pci: &str, name: &str, majmin: (u32, u32)) -> &Self {
+        let ddir = self.dev_dir(pci);
+        let dir = ddir.join("drm").join(name);
+        self.mkdir(&dir);
+        self.put(&dir.join("dev"), majmin_str(majmin));
+        self.put(
+            &dir.join("uevent"),
+            format!("MAJOR={}\nMINOR={}\nDEVNAME=dri/{name}\nDEVTYPE=drm_minor\n", majmin.0, majmin.1),
+        );
+        self.link_to(&dir.join("device"), &ddir);
+        self.link_to(&dir.join("subsystem"), Path::new("sys/class/drm"));
+        self.link_to(&Path::new("sys/class/drm").join(name), &dir);
+        self
+    }
+
+    /// A host process `proc/<pid>/` with `comm` and `fd/0..2` -> `/dev/null`, then `fd/3...` ->
+    /// each of `files` (absolute paths, as the kernel's fd links read).
+    pub fn process(&self, pid: u32, comm: &str, files: &[&str]) -> &Self {
+        let dir = PathBuf::from(format!("proc/{pid}"));
+        self.mkdir(&dir.join("fd"));
+        self.put(&dir.join("comm"), format!("{comm}\n"));
+        for (fd, target) in ["/dev/null", "/dev/null", "/dev/null"].iter().chain(files).enumerate() {
+            make_symlink(Path::new(target), &self.root().join(&dir).join("fd").join(fd.to_string()));
+        }
         self
     }
 
