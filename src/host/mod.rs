@@ -7,6 +7,7 @@ pub mod block;
 pub mod inotify;
 pub mod kubelet;
 pub mod net;
+pub mod netlink;
 pub mod pci;
 pub mod root;
 pub mod system;

@@ -6,4 +6,4 @@ pub mod pci;
 pub mod system;
 
 pub use address::{AddressError, PciAddress};
-pub use pci::{BlockDevice, IommuGroup, Mount, NetInterface, PciDevice, PciInventory};
+pub use pci::{BlockDevice, IommuGroup, Mount, NetAbove, NetInterface, NetMaster, PciDevice, PciInventory};
