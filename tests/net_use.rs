@@ -207,6 +207,32 @@ fn unreadable_sys_class_net_refuses_nics_naming_it() {
 }
 
 #[test]
+fn unreadable_master_link_refuses_nics_naming_it() {
+    let t = dual_port_worker();
+    // A regular file where the link should be: readlink fails with EINVAL.
+    t.file("sys/class/net/eno2/master", "");
+    let p = plan(&t, NIC_CONFIG);
+    for a in [UPLINK, SPARE] {
+        let why = refusal(&p, a);
+        assert!(why.contains("the master link of eno2 cannot be read"), "{why}");
+    }
+}
+
+/// A `proc/1/ns/net` that names no network namespace: the rtnetlink dump cannot enter it, and
+/// every NIC is refused naming the routing tables.
+#[test]
+fn a_namespace_that_cannot_be_entered_refuses_nics_naming_the_routing_tables() {
+    let t = dual_port_worker();
+    t.file("proc/1/ns/net", "not a namespace");
+    let p = plan(&t, NIC_CONFIG);
+    for a in [UPLINK, SPARE] {
+        let why = refusal(&p, a);
+        assert!(why.contains("the routing tables and addresses cannot be read over rtnetlink"), "{why}");
+        assert!(why.contains("proc/1/ns/net"), "{why}");
+    }
+}
+
+#[test]
 fn scan_shows_the_master_uppers_and_unknown_use() {
     let t = ovn_worker();
     t.net_virtual("eno2.7", "up").net_upper("eno2", "eno2.7");
