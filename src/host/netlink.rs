@@ -161,7 +161,7 @@ fn dump_here() -> Result<Dump, NetlinkError> {
             match ty {
                 RTM_NEWLINK => out.links.push(parse_link(&payload)?),
                 RTM_NEWADDR => out.addresses.extend(parse_address(&payload)?),
-                RTM_NEWROUTE => out.routes.push(parse_route(&payload)?),
+                RTM_NEWROUTE => out.routes.extend(parse_route(&payload)?),
                 _ => {}
             }
         }
@@ -338,13 +338,18 @@ pub fn parse_address(p: &[u8]) -> Result<Option<RawAddress>, NetlinkError> {
     Ok(local.or(address).map(|address| RawAddress { index, address, prefix, scope }))
 }
 
-/// Pure: one `RTM_NEWROUTE` payload (`struct rtmsg`, 12 bytes, then attributes).
-pub fn parse_route(p: &[u8]) -> Result<RawRoute, NetlinkError> {
+/// Pure: one `RTM_NEWROUTE` payload (`struct rtmsg`, 12 bytes, then attributes). `None` for
+/// families other than IPv4 and IPv6 (an `AF_UNSPEC` dump also returns multicast and MPLS
+/// routes).
+pub fn parse_route(p: &[u8]) -> Result<Option<RawRoute>, NetlinkError> {
     let bad = malformed("RTM_GETROUTE");
     if p.len() < 12 {
         return Err(bad("short rtmsg".into()));
     }
     let (family, dst_len) = (p[0], p[1]);
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(None);
+    }
     let mut r = RawRoute {
         family,
         destination: None,
@@ -380,7 +385,7 @@ pub fn parse_route(p: &[u8]) -> Result<RawRoute, NetlinkError> {
         let dst = dst.ok_or_else(|| bad(format!("a /{dst_len} route without RTA_DST")))?;
         r.destination = Some((dst, dst_len));
     }
-    Ok(r)
+    Ok(Some(r))
 }
 
 #[cfg(test)]
@@ -409,7 +414,7 @@ mod tests {
             nh.extend_from_slice(&ifindex.to_ne_bytes());
         }
         p.extend(attr(9, &nh));
-        let r = parse_route(&p).expect("route");
+        let r = parse_route(&p).expect("route").expect("an IPv4 route");
         assert_eq!(r.table, 100);
         assert_eq!(r.destination, Some(("10.1.0.0".parse().expect("ip"), 16)));
         assert_eq!(r.oifs, vec![3, 4]);
@@ -420,7 +425,7 @@ mod tests {
     fn default_route_and_garbage() {
         let mut p = vec![AF_INET6, 0, 0, 0, 254, 9, 0, RTN_UNICAST, 0, 0, 0, 0];
         p.extend(attr(4, &7u32.to_ne_bytes()));
-        let r = parse_route(&p).expect("route");
+        let r = parse_route(&p).expect("route").expect("an IPv6 route");
         assert_eq!((r.destination, r.table, r.oifs), (None, RT_TABLE_MAIN, vec![7]));
         assert!(parse_route(&p[..5]).is_err(), "short rtmsg");
         let mut bad = p.clone();
@@ -429,6 +434,10 @@ mod tests {
         let mut no_dst = vec![AF_INET, 24, 0, 0, 254, 3, 0, RTN_UNICAST, 0, 0, 0, 0];
         no_dst.extend(attr(4, &7u32.to_ne_bytes()));
         assert!(parse_route(&no_dst).is_err());
+        // MPLS (AF_MPLS 28): a label, not an address; not a failure.
+        let mut mpls = vec![28, 20, 0, 0, 254, 3, 0, RTN_UNICAST, 0, 0, 0, 0];
+        mpls.extend(attr(1, &[0, 1, 0x41, 0]));
+        assert_eq!(parse_route(&mpls).expect("parse"), None);
     }
 
     #[test]
