@@ -12,7 +12,7 @@ use std::fs;
 use std::path::Path;
 
 use super::root::{HostError, HostRoot};
-use super::usage::{ClassEntry, pci_ancestor};
+use super::usage::{ClassEntry, class_entries, pci_ancestor};
 use crate::model::{BlockDevice, BlockHolder, BtrfsMember, Mount, PciAddress, PciInventory};
 
 /// One mounted file system: its source device and major:minor as the mount tables give them.
@@ -274,19 +274,6 @@ fn read_block_node(root: &HostRoot, name: &str) -> Result<BlockNode, HostError> 
     Ok(BlockNode { name: name.to_owned(), majmin, dm_name, dm_uuid, md_level, holders })
 }
 
-/// `sys/class/block` with each entry's link target. Absent reads as no block devices; an entry
-/// whose link cannot be read makes the table unreadable (its disk could be anyone's).
-fn block_entries(root: &HostRoot) -> Result<Vec<ClassEntry>, HostError> {
-    let dir = root.join("sys/class/block");
-    let mut out = Vec::new();
-    for name in super::root::list_dir(&dir)? {
-        let link = dir.join(&name);
-        let t = fs::read_link(&link).map_err(|e| HostError::io("readlink", &link, e))?;
-        out.push(ClassEntry { pci: pci_ancestor(&t), name, target: t.to_string_lossy().into_owned() });
-    }
-    Ok(out)
-}
-
 /// The PCI functions whose NVMe controllers belong to `subsys` (`sys/class/nvme-subsystem/
 /// <subsys>/nvmeK` links to `<pci>/nvme/nvmeK`).
 fn subsystem_functions(root: &HostRoot, subsys: &str) -> Result<Vec<PciAddress>, HostError> {
@@ -344,7 +331,7 @@ pub(super) fn attach(
     warnings: &mut Vec<String>,
 ) {
     let mut failures: Vec<String> = Vec::new();
-    let blocks = block_entries(root).unwrap_or_else(|e| {
+    let blocks = class_entries(root, "block").unwrap_or_else(|e| {
         failures.push(e.to_string());
         Vec::new()
     });

@@ -7,6 +7,7 @@ pub mod block;
 pub mod inotify;
 pub mod kubelet;
 pub mod net;
+pub mod netlink;
 pub mod openers;
 pub mod pci;
 pub mod root;

@@ -34,27 +34,17 @@ pub fn pci_ancestor(path: &Path) -> Option<PciAddress> {
         .next_back()
 }
 
-pub(super) fn class_entries(root: &HostRoot, class: &str, warnings: &mut Vec<String>) -> Vec<ClassEntry> {
+/// `sys/class/<class>` with each entry's link target and PCI function. An entry whose link
+/// cannot be read fails the whole table: its device could be anyone's.
+pub(super) fn class_entries(root: &HostRoot, class: &str) -> Result<Vec<ClassEntry>, HostError> {
     let dir = root.join(format!("sys/class/{class}"));
-    let names = match super::root::list_dir(&dir) {
-        Ok(n) => n,
-        Err(e) => {
-            warnings.push(e.to_string());
-            return Vec::new();
-        }
-    };
-    let mut out = Vec::with_capacity(names.len());
-    for name in names {
+    let mut out = Vec::new();
+    for name in super::root::list_dir(&dir)? {
         let link = dir.join(&name);
-        match fs::read_link(&link) {
-            Ok(t) => {
-                let pci = pci_ancestor(&t);
-                out.push(ClassEntry { name, target: t.to_string_lossy().into_owned(), pci });
-            }
-            Err(e) => warnings.push(HostError::io("readlink", &link, e).to_string()),
-        }
+        let t = fs::read_link(&link).map_err(|e| HostError::io("readlink", &link, e))?;
+        out.push(ClassEntry { pci: pci_ancestor(&t), name, target: t.to_string_lossy().into_owned() });
     }
-    out
+    Ok(out)
 }
 
 /// Reads the host's network interfaces, disks, mount tables and routes, and records on each
@@ -65,17 +55,6 @@ pub fn attach(root: &HostRoot, inv: &mut PciInventory) {
     super::net::attach(root, inv, &by_addr, &mut warnings);
     super::block::attach(root, inv, &by_addr, &mut warnings);
     inv.warnings.extend(warnings);
-}
-
-/// A table that may be absent (no IPv6, no swap): absent reads as empty, unreadable warns.
-pub(super) fn optional_table(root: &HostRoot, rel: &str, warnings: &mut Vec<String>) -> String {
-    match root.read_optional(rel) {
-        Ok(s) => s.unwrap_or_default(),
-        Err(e) => {
-            warnings.push(e.to_string());
-            String::new()
-        }
-    }
 }
 
 #[cfg(test)]

@@ -7,5 +7,6 @@ pub mod system;
 
 pub use address::{AddressError, PciAddress};
 pub use pci::{
-    BlockDevice, BlockHolder, BtrfsMember, IommuGroup, Mount, NetInterface, OpenNode, PciDevice, PciInventory,
+    BlockDevice, BlockHolder, BtrfsMember, IommuGroup, Mount, NetAbove, NetInterface, NetMaster, OpenNode, PciDevice,
+    PciInventory,
 };

@@ -90,11 +90,15 @@ impl PciDevice {
     pub fn host_uses(&self) -> Vec<String> {
         let mut uses = Vec::new();
         for n in &self.net {
-            if n.default_route {
-                uses.push(format!("{} carries the default route", n.name));
+            if let Some(m) = &n.master {
+                uses.push(format!("{} is {}", n.name, m.describe()));
             }
-            if !n.addresses.is_empty() {
-                uses.push(format!("{} has address {}", n.name, n.addresses.join(", ")));
+            if !n.uppers.is_empty() {
+                uses.push(format!("{} has upper device {}", n.name, n.uppers.join(", ")));
+            }
+            carries(&mut uses, &n.name, n.default_route, &n.addresses, &n.routes);
+            for a in &n.above {
+                carries(&mut uses, &format!("{} above {}", a.name, a.below), a.default_route, &a.addresses, &a.routes);
             }
         }
         for b in &self.block {
@@ -130,6 +134,19 @@ impl PciDevice {
     }
 }
 
+/// What an interface (or one stacked above it) carries, in words.
+fn carries(uses: &mut Vec<String>, who: &str, default_route: bool, addresses: &[String], routes: &[String]) {
+    if default_route {
+        uses.push(format!("{who} carries the default route"));
+    }
+    if !addresses.is_empty() {
+        uses.push(format!("{who} has address {}", addresses.join(", ")));
+    }
+    if !routes.is_empty() {
+        uses.push(format!("{who} has route {}", routes.join(", ")));
+    }
+}
+
 /// A network interface behind a PCI function.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -137,12 +154,63 @@ pub struct NetInterface {
     pub name: String,
     /// `operstate` (`up`, `down`, ...), when readable.
     pub operstate: Option<String>,
-    /// The interface carries an IPv4 or IPv6 default route.
+    /// The interface carries an IPv4 or IPv6 default route in the main table.
     pub default_route: bool,
     /// Its addresses: IPv4 networks it is connected to (from the routing table) and global
     /// IPv6 addresses. Link-local addresses do not count.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// Other routes through it, in any table (`10.1.0.0/16 table 100`, `default table 100`);
+    /// routes the kernel adds for its addresses are not listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+    /// The bond, bridge, team or OVS datapath it is enslaved to (`master` link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<NetMaster>,
+    /// Its upper devices other than the master (`upper_*` links: VLANs, macvlans).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uppers: Vec<String>,
+    /// Every interface stacked above it, followed transitively through master and upper links.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub above: Vec<NetAbove>,
+}
+
+/// The master an interface is enslaved to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetMaster {
+    pub name: String,
+    /// The kernel's link kind when nodeprep can tell: `bond`, `bridge`, `team`, `openvswitch`.
+    pub kind: Option<String>,
+}
+
+impl NetMaster {
+    /// "a port of OVS (ovs-system)", "a slave of bond bond0", ...
+    pub fn describe(&self) -> String {
+        let m = &self.name;
+        match self.kind.as_deref() {
+            Some("openvswitch") => format!("a port of OVS ({m})"),
+            Some("bond") => format!("a slave of bond {m}"),
+            Some("bridge") => format!("a port of bridge {m}"),
+            Some("team") => format!("a port of team {m}"),
+            Some(k) => format!("enslaved to {k} {m}"),
+            None => format!("enslaved to master {m}"),
+        }
+    }
+}
+
+/// An interface stacked above a PCI function's interface, and what it carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetAbove {
+    pub name: String,
+    /// The interface directly below it on the way up.
+    pub below: String,
+    pub default_route: bool,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub routes: Vec<String>,
 }
 
 /// A whole-disk block device behind a PCI function, with what the host mounts from it.

@@ -86,7 +86,16 @@ fn device(out: &mut String, d: &PciDevice) {
         .map(|n| {
             let state = n.operstate.as_deref().map(|s| format!(" {s}")).unwrap_or_default();
             let route = if n.default_route { ", default route" } else { "" };
-            format!("{}{state}{route}", n.name)
+            let master = n
+                .master
+                .as_ref()
+                .map(|m| match &m.kind {
+                    Some(k) => format!(", master {} ({k})", m.name),
+                    None => format!(", master {}", m.name),
+                })
+                .unwrap_or_default();
+            let uppers = if n.uppers.is_empty() { String::new() } else { format!(", uppers {}", n.uppers.join(" ")) };
+            format!("{}{state}{route}{master}{uppers}", n.name)
         })
         .collect();
     if !nets.is_empty() {

@@ -769,6 +769,111 @@ impl HostTree {
         self
     }
 
+    /// A virtual network interface (`sys/devices/virtual/net/<name>`, as a bond, bridge, VLAN,
+    /// OVS datapath `ovs-system` or OVS internal port `br-ex` is) linked from `sys/class/net`.
+    pub fn net_virtual(&self, name: &str, operstate: &str) -> &Self {
+        self.net_at(Path::new("sys/devices/virtual"), name, operstate);
+        self.remove(&format!("sys/devices/virtual/net/{name}/device"))
+    }
+
+    /// A bonding master: a virtual interface with the `bonding/` attribute group
+    /// (`drivers/net/bonding/bond_sysfs.c`).
+    pub fn net_bond(&self, name: &str, mode: &str) -> &Self {
+        self.net_virtual(name, "up");
+        let num = match mode {
+            "balance-rr" => 0,
+            "active-backup" => 1,
+            "802.3ad" => 4,
+            _ => 1,
+        };
+        let dir = format!("sys/devices/virtual/net/{name}/bonding");
+        self.file(&format!("{dir}/mode"), format!("{mode} {num}\n"));
+        self.file(&format!("{dir}/slaves"), "\n");
+        self.file(&format!("{dir}/miimon"), "100\n")
+    }
+
+    /// A Linux bridge: a virtual interface with `bridge/` and `brif/`
+    /// (`net/bridge/br_sysfs_br.c`, `br_sysfs_if.c`).
+    pub fn net_bridge(&self, name: &str) -> &Self {
+        self.net_virtual(name, "up");
+        let dir = format!("sys/devices/virtual/net/{name}");
+        self.file(&format!("{dir}/bridge/stp_state"), "0\n");
+        self.file(&format!("{dir}/bridge/forward_delay"), "1500\n");
+        self.mkdir(&Path::new(&dir).join("brif"));
+        self
+    }
+
+    /// The directory of interface `name`, tree-relative, through its `sys/class/net` link.
+    fn net_dir(&self, name: &str) -> PathBuf {
+        let link = Path::new("sys/class/net").join(name);
+        let target = fs::read_link(self.root().join(&link)).unwrap_or_else(|e| panic!("interface {name}: {e}"));
+        let mut out = PathBuf::from("sys/class/net");
+        for c in target.components() {
+            match c {
+                Component::ParentDir => {
+                    out.pop();
+                }
+                other => out.push(other.as_os_str()),
+            }
+        }
+        out
+    }
+
+    /// Enslaves `port` to `master` as `netdev_master_upper_dev_link` does: `<port>/master` and
+    /// `<port>/upper_<master>` link to the master, `<master>/lower_<port>` back; a bridge port
+    /// also gets `brport/` and the bridge `brif/<port> -> <port>/brport`, a bond slave
+    /// `bonding_slave/` and a line in `bonding/slaves`.
+    pub fn net_master(&self, port: &str, master: &str) -> &Self {
+        let p = self.net_dir(port);
+        let m = self.net_dir(master);
+        self.link_to(&p.join("master"), &m);
+        self.net_upper(port, master);
+        if self.root().join(&m).join("bridge").is_dir() {
+            self.put_dir_file(&p.join("brport"), "state", "3\n");
+            self.link_to(&m.join("brif").join(port), &p.join("brport"));
+        }
+        if self.root().join(&m).join("bonding").is_dir() {
+            self.put_dir_file(&p.join("bonding_slave"), "state", "active\n");
+            let slaves = m.join("bonding/slaves");
+            let old = fs::read_to_string(self.root().join(&slaves)).unwrap_or_default();
+            let mut names: Vec<&str> = old.split_whitespace().collect();
+            names.push(port);
+            self.put(&slaves, format!("{}\n", names.join(" ")));
+        }
+        self
+    }
+
+    /// `upper` stacked on `lower` (a VLAN, macvlan, or a master): `<lower>/upper_<upper>` and
+    /// `<upper>/lower_<lower>` (`__netdev_adjacent_dev_insert`).
+    pub fn net_upper(&self, lower: &str, upper: &str) -> &Self {
+        let l = self.net_dir(lower);
+        let u = self.net_dir(upper);
+        self.link_to(&l.join(format!("upper_{upper}")), &u);
+        self.link_to(&u.join(format!("lower_{lower}")), &l);
+        self
+    }
+
+    fn put_dir_file(&self, dir: &Path, name: &str, contents: &str) {
+        self.mkdir(dir);
+        self.put(&dir.join(name), contents);
+    }
+
+    /// `proc/net/if_inet6` as `if6_seq_show` prints it (`%pi6 %02x %02x %02x %02x %8s`): one
+    /// global-scope, permanent address per `(interface, address, prefix)`.
+    pub fn if_inet6(&self, addresses: &[(&str, &str, u8)]) -> &Self {
+        let mut text = String::new();
+        for (ifname, addr, prefix) in addresses {
+            let ip: std::net::Ipv6Addr = addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}"));
+            let ifindex: u32 = fs::read_to_string(self.root().join(self.net_dir(ifname)).join("ifindex"))
+                .expect("ifindex")
+                .trim()
+                .parse()
+                .expect("ifindex number");
+            text.push_str(&format!("{:032x} {ifindex:02x} {prefix:02x} 00 80 {ifname:>8}\n", u128::from(ip)));
+        }
+        self.file("proc/net/if_inet6", text)
+    }
+
     // ---- block -----------------------------------------------------------------------------
 
     /// An NVMe controller `.../<pci>/nvme/<ctrl>/` (`sys/class/nvme/<ctrl>`) with namespace
