@@ -221,10 +221,12 @@ pub fn kubevirt_env_name(resource_name: &str) -> String {
     format!("PCI_RESOURCE_{}", resource_name.to_ascii_uppercase().replace(['/', '.'], "_"))
 }
 
-/// Pure: `PCIDEVICE_<NAME>`, the SR-IOV network device plugin's variable: like
-/// [`kubevirt_env_name`] but `-` turned into `_` too. Its `_INFO` companion appends `_INFO`.
+/// Pure: `PCIDEVICE_<NAME>`, the SR-IOV network device plugin's variable, named as
+/// [`kubevirt_env_name`] is: upper-cased, `/` and `.` to `_`, `-` kept (the SR-IOV plugin,
+/// KubeVirt's SR-IOV reader and OVN-Kubernetes all compute it so; `intel.com/qat-vf` gives
+/// `PCIDEVICE_INTEL_COM_QAT-VF`). Its `_INFO` companion appends `_INFO`.
 pub fn sriov_env_name(resource_name: &str) -> String {
-    format!("PCIDEVICE_{}", resource_name.to_ascii_uppercase().replace(['/', '.', '-'], "_"))
+    format!("PCIDEVICE_{}", resource_name.to_ascii_uppercase().replace(['/', '.'], "_"))
 }
 
 fn spec(path: &str, permissions: &str) -> DeviceSpec {
@@ -399,7 +401,11 @@ mod tests {
     fn env_names_follow_kubevirt_and_sriov() {
         assert_eq!(kubevirt_env_name("nvidia.com/TU104GL_Tesla_T4"), "PCI_RESOURCE_NVIDIA_COM_TU104GL_TESLA_T4");
         assert_eq!(kubevirt_env_name("intel.com/qat-vf"), "PCI_RESOURCE_INTEL_COM_QAT-VF");
-        assert_eq!(sriov_env_name("intel.com/qat-vf"), "PCIDEVICE_INTEL_COM_QAT_VF");
+        assert_eq!(sriov_env_name("intel.com/qat-vf"), "PCIDEVICE_INTEL_COM_QAT-VF");
+        assert_eq!(
+            sriov_env_name("intel.com/qat-vf"),
+            kubevirt_env_name("intel.com/qat-vf").replace("PCI_RESOURCE_", "PCIDEVICE_")
+        );
         assert_eq!(sriov_env_name("example.co.uk/a.b"), "PCIDEVICE_EXAMPLE_CO_UK_A_B");
     }
 
