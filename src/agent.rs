@@ -29,6 +29,7 @@ use crate::cluster::node::{self, LabelStatus, LabelerOptions};
 use crate::config::Config;
 use crate::deviceplugin::cdi::CdiSpec;
 use crate::deviceplugin::manager::{Manager, ManagerOptions, ResourceSpec};
+use crate::deviceplugin::monitor::deadline_after;
 use crate::deviceplugin::monitor::{Monitor, MonitorOptions};
 use crate::eligibility::EligibilityReport;
 use crate::host::{HostRoot, inotify::DirWatcher};
@@ -402,7 +403,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
                 }
             } => observer.set_labels_applied(applied),
             () = &mut resync => {
-                resync.as_mut().reset(tokio::time::Instant::now() + next_resync(opts.rescan_interval));
+                resync.as_mut().reset(deadline_after(tokio::time::Instant::now(), next_resync(opts.rescan_interval)));
                 reassess = true;
             }
         }
