@@ -541,7 +541,7 @@ fn run_unbind(root: &HostRoot, only: &[PciAddress], dry_run: bool, output: Forma
     let inv = discover(root)?;
     let allocations =
         host::kubelet::read_allocations(root).context("cannot tell which devices pods hold; nothing changed")?;
-    let mut state = State::load(root)?;
+    let mut state = State::lock(root)?;
     for a in only {
         if !state.devices.contains_key(a) {
             anyhow::bail!("{a} was not bound by nodeprep (not in {}); nothing changed", State::path(root).display());

@@ -102,7 +102,7 @@ fn unbind_plan(t: &HostTree, only: &[&str]) -> Vec<RestorePlan> {
 fn run_bind(t: &HostTree, sim: &mut KernelSim, config: &str) -> Result<Vec<DeviceOutcome>, ApplyError> {
     let plan = plan(t, config);
     let root = host(t);
-    let mut state = State::load(&root).expect("state");
+    let mut state = State::lock(&root).expect("state");
     Applier::new(&root, sim).apply_bind(&plan, &mut state)
 }
 
@@ -110,7 +110,7 @@ fn run_bind(t: &HostTree, sim: &mut KernelSim, config: &str) -> Result<Vec<Devic
 fn run_unbind(t: &HostTree, sim: &mut KernelSim, only: &[&str]) -> Result<Vec<DeviceOutcome>, ApplyError> {
     let plan = unbind_plan(t, only);
     let root = host(t);
-    let mut state = State::load(&root).expect("state");
+    let mut state = State::lock(&root).expect("state");
     Applier::new(&root, sim).apply_unbind(&plan, &mut state)
 }
 
@@ -572,6 +572,30 @@ fn without_an_iommu_everything_is_refused_and_nothing_written() {
     assert_eq!(snapshot(t.root()), before, "not even var/lib/nodeprep");
 }
 
+#[test]
+fn a_selected_pci_bridge_is_refused_and_stays_on_pcieport() {
+    // The root port above the GPU (class 0604), selected with the GPU behind it.
+    const BRIDGE: &str = r#"
+devices:
+  - resourceName: example.com/root_port
+    selectors: {pciAddresses: ["0000:00:01.0"]}
+"#;
+    let t = gpu_box();
+    let p = plan(&t, BRIDGE);
+    let why = refusal(&p, "0000:00:01.0");
+    assert!(why.contains("it is a PCI bridge") && why.contains("unbinding pcieport"), "{why}");
+    assert!(!p.load_vfio && p.writes_needed() == 0, "{p}");
+
+    let before = snapshot(t.root());
+    let mut sim = KernelSim::new(&t);
+    let outcomes = run_bind(&t, &mut sim, BRIDGE).expect("bind");
+    assert_eq!(outcome(&outcomes, "0000:00:01.0").outcome, "refused", "{outcomes:#?}");
+    assert!(sim.log.is_empty(), "no sysfs write: {:?}", sim.log);
+    assert_eq!(driver(&t, "0000:00:01.0").as_deref(), Some("pcieport"));
+    assert_eq!(driver(&t, GPU).as_deref(), Some("nouveau"));
+    assert_eq!(snapshot(t.root()), before);
+}
+
 // ---- 5. apply, idempotence, unbind ---------------------------------------------------------------
 
 #[test]
@@ -1012,6 +1036,64 @@ fn unbind_refuses_a_device_a_pod_holds() {
     let out = nodeprep(t.root(), &["unbind", "--dry-run", intel::NIC]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("0000:02:00.0 was not bound by nodeprep"), "{}", stderr(&out));
+}
+
+#[test]
+fn unbind_refuses_the_audio_function_of_a_gpu_a_pod_holds_naming_the_pod() {
+    let t = machines::intel_gpu_server();
+    let (gpu, audio) = (intel::GPU_B, intel::GPU_B_AUDIO);
+    let mut sim = KernelSim::new(&t);
+    run_bind(&t, &mut sim, QUADRO).expect("bind");
+    assert_eq!(driver(&t, audio).as_deref(), Some("vfio-pci"));
+    checkpoint(&t, "nvidia.com/quadro_rtx_6000", &[gpu]);
+
+    let p = unbind_plan(&t, &[audio]);
+    assert_eq!(p.len(), 1);
+    match &p[0].action {
+        RestoreAction::Refused { reason } => assert!(
+            reason.contains(&format!("{gpu} in IOMMU group 20 is allocated to pod {POD}"))
+                && reason.contains("restoring a member of a group in use crashes hosts before Linux 5.19"),
+            "{reason}"
+        ),
+        other => panic!("the audio function must be refused: {other:?}"),
+    }
+
+    let mut un = sim.restarted();
+    let outcomes = run_unbind(&t, &mut un, &[]).expect("unbind");
+    assert_eq!(outcome(&outcomes, gpu).outcome, "refused");
+    assert_eq!(outcome(&outcomes, audio).outcome, "refused");
+    assert!(un.log.is_empty(), "no write to a group in use: {:?}", un.log);
+    assert_eq!(driver(&t, audio).as_deref(), Some("vfio-pci"));
+    assert_eq!(state(&t).devices.len(), 2, "both still recorded");
+}
+
+#[test]
+fn a_failed_bind_in_a_group_a_pod_holds_is_not_rolled_back() {
+    // A run killed after binding the GPU; the pod then gets the GPU; the rerun fails on the
+    // audio function. Rolling back would hand a member of a group in use to a host driver.
+    let (gpu, audio) = (intel::GPU_B, intel::GPU_B_AUDIO);
+    let t = machines::intel_gpu_server();
+    let mut sim = KernelSim::new(&t);
+    sim.fail_probe_for(audio).fail_after(3);
+    let _ = run_bind(&t, &mut sim, QUADRO);
+    assert_eq!(driver(&t, gpu).as_deref(), Some("vfio-pci"));
+    checkpoint(&t, "nvidia.com/quadro_rtx_6000", &[gpu]);
+
+    let mut rerun = sim.restarted();
+    let outcomes = run_bind(&t, &mut rerun, QUADRO).expect("rerun");
+    let a = outcome(&outcomes, audio);
+    assert_eq!(a.outcome, "failed");
+    let detail = a.detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains("not rolled back")
+            && detail.contains(&format!("{gpu} in IOMMU group 20 is allocated to pod {POD}"))
+            && detail.contains("Linux 5.19"),
+        "{detail}"
+    );
+    assert!(rerun.writes_for(gpu).is_empty(), "{:?}", rerun.log);
+    assert_eq!(driver(&t, gpu).as_deref(), Some("vfio-pci"), "the pod's GPU stays");
+    assert_ne!(driver(&t, audio).as_deref(), Some("snd_hda_intel"), "not handed to a host driver");
+    assert!(state(&t).devices.contains_key(&addr(audio)), "still recorded for a later unbind");
 }
 
 // ---- 10. config check ----------------------------------------------------------------------------

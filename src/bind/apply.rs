@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::plan::{Action, BindPlan, RestoreAction, RestorePlan, VFIO_PCI};
-use super::state::{Record, State, StateError};
+use super::state::{Record, StateError, StateGuard};
 use crate::host::HostRoot;
 use crate::host::root::{link_name, read_attr};
 use crate::model::PciAddress;
@@ -305,7 +305,7 @@ impl<'a, K: Kernel> Applier<'a, K> {
 
     /// Carries out a bind plan. Records every device in the state file before the first write;
     /// binds group by group, rolling a group back when one of its devices fails.
-    pub fn apply_bind(&mut self, plan: &BindPlan, state: &mut State) -> Result<Vec<DeviceOutcome>, ApplyError> {
+    pub fn apply_bind(&mut self, plan: &BindPlan, state: &mut StateGuard) -> Result<Vec<DeviceOutcome>, ApplyError> {
         let mut out: Vec<DeviceOutcome> = Vec::new();
         for d in &plan.devices {
             match &d.action {
@@ -348,7 +348,7 @@ impl<'a, K: Kernel> Applier<'a, K> {
             }
         }
         if changed {
-            state.save(self.root)?;
+            state.save()?;
         }
 
         for (g, members) in groups {
@@ -368,6 +368,24 @@ impl<'a, K: Kernel> Applier<'a, K> {
                         break;
                     }
                 }
+            }
+            if let (Some((failed, why, writes)), Some(in_use)) = (&failure, plan.groups_in_use.get(&g)) {
+                // A pod holds a member: giving any member back to a host driver now could crash
+                // the host, so the group stays as it is (recorded; `nodeprep unbind` later).
+                tracing::error!(device = %failed, group = g, reason = %in_use, "bind failed; not rolled back");
+                let mut o = DeviceOutcome::new(*failed, "failed", Some(format!("{why}; not rolled back: {in_use}")));
+                o.writes = *writes;
+                out.push(o);
+                for (a, w) in &done {
+                    let mut o = DeviceOutcome::new(
+                        *a,
+                        "failed",
+                        Some(format!("bound, but {failed} in its IOMMU group {g} failed; not rolled back: {in_use}")),
+                    );
+                    o.writes = *w;
+                    out.push(o);
+                }
+                continue;
             }
             if let Some((failed, why, writes)) = failure {
                 // Roll the whole group back: a half-bound group is of no use and may have taken
@@ -404,7 +422,7 @@ impl<'a, K: Kernel> Applier<'a, K> {
                     o.writes = w;
                     rolled.push(o);
                 }
-                state.save(self.root)?;
+                state.save()?;
                 out.extend(rolled);
                 continue;
             }
@@ -425,7 +443,11 @@ impl<'a, K: Kernel> Applier<'a, K> {
     }
 
     /// Carries out an unbind plan, forgetting each restored device's record.
-    pub fn apply_unbind(&mut self, plan: &[RestorePlan], state: &mut State) -> Result<Vec<DeviceOutcome>, ApplyError> {
+    pub fn apply_unbind(
+        &mut self,
+        plan: &[RestorePlan],
+        state: &mut StateGuard,
+    ) -> Result<Vec<DeviceOutcome>, ApplyError> {
         let mut out = Vec::new();
         for p in plan {
             let a = p.address;
@@ -465,7 +487,7 @@ impl<'a, K: Kernel> Applier<'a, K> {
                 },
             };
             out.push(DeviceOutcome { writes, ..o });
-            state.save(self.root)?;
+            state.save()?;
         }
         Ok(out)
     }

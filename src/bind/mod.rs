@@ -11,7 +11,7 @@ pub mod state;
 
 pub use apply::{Applier, ApplyError, DeviceOutcome, HostKernel, Kernel};
 pub use plan::{Action, BindPlan, RestorePlan, plan_bind, plan_unbind};
-pub use state::State;
+pub use state::{State, StateGuard};
 
 use crate::config::Config;
 use crate::host::{self, HostError, HostRoot};
@@ -58,7 +58,8 @@ pub fn bind_per_config<K: Kernel>(
     config: &Config,
     kernel: &mut K,
 ) -> Result<(BindPlan, Vec<DeviceOutcome>), BindError> {
-    let mut state = State::load(root)?;
+    // Locked from load to the last save: a concurrent `nodeprep bind` waits for us.
+    let mut state = State::lock(root)?;
     let plan = plan_with(root, config, &state)?;
     let outcomes = Applier::new(root, kernel).apply_bind(&plan, &mut state)?;
     Ok((plan, outcomes))
