@@ -692,6 +692,29 @@ fn unbind_restores_an_original_driver_override() {
 }
 
 #[test]
+fn unbind_binds_the_original_driver_directly_when_vfio_pci_ids_claims_the_device() {
+    // `options vfio-pci ids=10de:10f7`: drivers_probe gives the audio function to vfio-pci.
+    let t = machines::intel_gpu_server();
+    let (gpu, audio) = (intel::GPU_B, intel::GPU_B_AUDIO);
+    let mut sim = KernelSim::new(&t);
+    run_bind(&t, &mut sim, QUADRO).expect("bind");
+    let mut un = sim.restarted();
+    un.vfio_pci_ids(&["10de:10f7"]);
+    let outcomes = run_unbind(&t, &mut un, &[]).expect("unbind");
+    assert_eq!(outcome(&outcomes, audio).outcome, "restored", "{outcomes:#?}");
+    assert_eq!(driver(&t, audio).as_deref(), Some("snd_hda_intel"));
+    assert_eq!(driver(&t, gpu).as_deref(), Some("nouveau"));
+    let audio_writes = un.writes_for(audio);
+    assert!(
+        audio_writes.iter().any(|(p, v)| p.ends_with("drivers/snd_hda_intel/bind") && v == audio),
+        "{audio_writes:?}"
+    );
+    assert_eq!(un.writes_to("drivers/vfio-pci/unbind"), 3, "GPU once, audio twice: {:?}", un.log);
+    assert!(!t.path("dev/vfio/20").exists());
+    assert!(state(&t).devices.is_empty());
+}
+
+#[test]
 fn unbind_of_chosen_addresses_leaves_the_others_bound() {
     let t = machines::intel_gpu_server();
     let mut sim = KernelSim::new(&t);

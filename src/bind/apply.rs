@@ -7,7 +7,9 @@
 //! 3. the address to `sys/bus/pci/drivers_probe`;
 //!
 //! then the `driver` link and `/dev/vfio/<group>` are checked. Restoring clears the override
-//! (a newline), unbinds from vfio-pci and probes again. Each write that already holds (override
+//! (a newline), unbinds from vfio-pci and probes again; when the probe hands the device to
+//! vfio-pci again (`options vfio-pci ids=...`) or to no driver, it is written to the original
+//! driver's `bind`. Each write that already holds (override
 //! already set, already unbound) is skipped, which is what makes a rerun after a crash converge.
 //! A group that fails half-way is rolled back: no device is left without the driver it should
 //! have.
@@ -260,6 +262,14 @@ impl<'a, K: Kernel> Applier<'a, K> {
         if now.as_deref() == to {
             return Ok(());
         }
+        // vfio-pci took it again (its id table has the device: `options vfio-pci ids=...`):
+        // release it once more and ask the original driver directly.
+        if let (Some(VFIO_PCI), Some(want)) = (now.as_deref(), to) {
+            if want != VFIO_PCI {
+                self.write(self.root.join("sys/bus/pci/drivers/vfio-pci/unbind"), &a.to_string(), writes)?;
+            }
+        }
+        let now = self.driver(a);
         // The probe found another driver first or none: ask the original one directly.
         if let (None, Some(want)) = (&now, to) {
             let bind = self.root.join(format!("sys/bus/pci/drivers/{want}/bind"));
