@@ -84,7 +84,7 @@ fn plan(t: &HostTree, config: &str) -> BindPlan {
     let inv = pci::discover(&root).expect("discover");
     let config = Config::parse(config).expect("valid config");
     let claims = config.claims(&inv).expect("no conflicting claims");
-    let allocations = kubelet::read_allocations(&root).expect("checkpoint");
+    let allocations = kubelet::read_allocations(&kubelet::plugin_dir(&root, None)).expect("checkpoint");
     let vfio_loaded = root.join("sys/bus/pci/drivers/vfio-pci").exists();
     bind::plan_bind(&inv, &config, &claims, &allocations, vfio_loaded)
 }
@@ -93,7 +93,7 @@ fn unbind_plan(t: &HostTree, only: &[&str]) -> Vec<RestorePlan> {
     let root = host(t);
     let inv = pci::discover(&root).expect("discover");
     let state = State::load(&root).expect("state");
-    let allocations = kubelet::read_allocations(&root).expect("checkpoint");
+    let allocations = kubelet::read_allocations(&kubelet::plugin_dir(&root, None)).expect("checkpoint");
     let only: Vec<PciAddress> = only.iter().map(|a| addr(a)).collect();
     bind::plan_unbind(&inv, &state, &allocations, &only)
 }
@@ -158,15 +158,22 @@ fn record(driver: Option<&str>, resource: Option<&str>) -> Record {
 
 /// A kubelet device-manager checkpoint giving `ids` to one container of pod [`POD`].
 fn checkpoint(t: &HostTree, resource: &str, ids: &[&str]) {
+    checkpoint_in(&t.path("var/lib/kubelet/device-plugins"), resource, ids);
+}
+
+/// The same, in plugin directory `dir` (created).
+fn checkpoint_in(dir: &Path, resource: &str, ids: &[&str]) {
     let ids: Vec<String> = ids.iter().map(|i| format!("{i:?}")).collect();
-    t.file(
-        "var/lib/kubelet/device-plugins/kubelet_internal_checkpoint",
+    fs::create_dir_all(dir).expect("plugin dir");
+    fs::write(
+        dir.join(kubelet::CHECKPOINT),
         format!(
             r#"{{"Data":{{"PodDeviceEntries":[{{"PodUID":"{POD}","ContainerName":"compute","ResourceName":"{resource}","DeviceIDs":{{"0":[{}]}},"AllocResp":"CgA="}}],"RegisteredDevices":{{"{resource}":[{}]}}}},"Checksum":2412157329}}"#,
             ids.join(","),
             ids.join(",")
         ),
-    );
+    )
+    .expect("write checkpoint");
 }
 
 fn w(path: &str, value: &str) -> (PathBuf, String) {
@@ -1119,6 +1126,51 @@ fn a_failed_bind_in_a_group_a_pod_holds_is_not_rolled_back() {
     assert!(state(&t).devices.contains_key(&addr(audio)), "still recorded for a later unbind");
 }
 
+#[test]
+fn the_checkpoint_is_read_from_the_plugin_dir_in_use() {
+    let t = machines::intel_gpu_server();
+    let root = host(&t);
+    let config = Config::parse(QAT_VFS).expect("valid");
+    let held = intel::QAT_VFS[0];
+
+    // The host's /var/lib/kubelet is a link to a data disk (absolute: valid only inside the
+    // root); the default plugin directory is found through it.
+    let _ = fs::remove_dir_all(t.path("var/lib/kubelet"));
+    fs::create_dir_all(t.path("var/lib")).expect("mkdir");
+    std::os::unix::fs::symlink("/data/kubelet", t.path("var/lib/kubelet")).expect("symlink");
+    checkpoint_in(&t.path("data/kubelet/device-plugins"), "intel.com/qat_vf", &[held]);
+    let p = bind::plan_for(&root, &config, &kubelet::plugin_dir(&root, None)).expect("plan");
+    assert!(refusal(&p, held).contains(&format!("pod {POD}")), "{p}");
+
+    // --plugin-dir: the checkpoint there counts, not the default's.
+    let other = tempfile::tempdir().expect("tempdir");
+    let (_d, cfg) = config_file(QAT_VFS);
+    let cfg = cfg.to_str().expect("utf-8");
+    let dir = other.path().to_str().expect("utf-8");
+    let out = nodeprep(t.root(), &["bind", "--config", cfg, "--dry-run", "--plugin-dir", dir]);
+    assert!(!stdout(&out).contains(POD), "no checkpoint in {dir} yet: {}", stdout(&out));
+    checkpoint_in(other.path(), "intel.com/qat_vf", &[intel::QAT_VFS[1]]);
+    let out = nodeprep(t.root(), &["bind", "--config", cfg, "--dry-run", "--plugin-dir", dir]);
+    let text = stdout(&out);
+    let line = text.lines().find(|l| l.contains(intel::QAT_VFS[1])).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.starts_with("refuse") && line.contains(POD), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("bind") && l.contains(held)), "{text}");
+
+    // Unreadable: fail closed, naming the file; nothing planned, nothing changed.
+    fs::write(other.path().join(kubelet::CHECKPOINT), "{garbage").expect("write");
+    let before = snapshot(t.root());
+    for args in [vec!["bind", "--config", cfg, "--plugin-dir", dir], vec!["unbind", "--dry-run", "--plugin-dir", dir]] {
+        let out = nodeprep(t.root(), &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("{dir}/kubelet_internal_checkpoint")) && err.contains("nothing changed"),
+            "{err}"
+        );
+    }
+    assert_eq!(snapshot(t.root()), before);
+}
+
 // ---- 10. config check ----------------------------------------------------------------------------
 
 #[test]
@@ -1213,14 +1265,15 @@ fn a_drivers_selector_keeps_matching_devices_nodeprep_bound() {
     let root = host(&t);
     let mut sim = KernelSim::new(&t);
     let config = Config::parse(BY_DRIVER).expect("valid");
-    let (_, outcomes) = bind::bind_per_config(&root, &config, &mut sim).expect("bind");
+    let plugins = kubelet::plugin_dir(&root, None);
+    let (_, outcomes) = bind::bind_per_config(&root, &config, &plugins, &mut sim).expect("bind");
     assert_eq!(outcomes.iter().filter(|o| o.outcome == "bound").count(), 4, "{outcomes:?}");
     for vf in intel::QAT_VFS {
         assert_eq!(driver(&t, vf).as_deref(), Some("vfio-pci"));
     }
 
     // The next plan still selects all four, now with nothing to do.
-    let again = bind::plan_for(&root, &config).expect("plan");
+    let again = bind::plan_for(&root, &config, &plugins).expect("plan");
     let kept: Vec<String> =
         again.devices.iter().filter(|d| d.action == Action::AlreadyBound).map(|d| d.address.to_string()).collect();
     assert_eq!(kept, intel::QAT_VFS.to_vec(), "{again}");
