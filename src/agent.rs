@@ -29,6 +29,7 @@ use crate::cluster::node::{self, LabelStatus, LabelerOptions};
 use crate::config::Config;
 use crate::deviceplugin::cdi::CdiSpec;
 use crate::deviceplugin::manager::{Manager, ManagerOptions, ResourceSpec};
+use crate::deviceplugin::monitor::deadline_after;
 use crate::deviceplugin::monitor::{Monitor, MonitorOptions};
 use crate::eligibility::EligibilityReport;
 use crate::host::{HostRoot, inotify::DirWatcher};
@@ -88,8 +89,14 @@ impl std::fmt::Debug for ClusterOptions {
 /// Binds what the config selects; logs every outcome and posts it as an Event. Errors are
 /// logged, never fatal: the plugins then report the affected devices unhealthy. Returns whether
 /// the bind went through without a failed device (refusals are policy, not failures).
-fn bind_per_config(root: &HostRoot, config: &Config, observer: &Observer, events: &Recorder) -> bool {
-    match bind::bind_per_config(root, config, &mut HostKernel::new(root)) {
+fn bind_per_config(
+    root: &HostRoot,
+    config: &Config,
+    plugin_dir: &Path,
+    observer: &Observer,
+    events: &Recorder,
+) -> bool {
+    match bind::bind_per_config(root, config, plugin_dir, &mut HostKernel::new(root)) {
         Ok((_, outcomes)) => {
             observer.record_bind(&outcomes);
             events.record_outcomes(&outcomes);
@@ -136,9 +143,11 @@ fn reserve_hugepages(root: &HostRoot, config: &Config, events: &Recorder) {
 /// the bind went through (see [`bind_per_config`]).
 async fn prepare_host(opts: &AgentOptions, config: Arc<Config>, observer: &Observer, events: &Recorder) -> bool {
     let (r, o, e, bind) = (opts.root.clone(), observer.clone(), events.clone(), opts.bind);
+    // The checkpoint of the kubelet the plugins register with, not always the default's.
+    let plugin_dir = crate::host::kubelet::plugin_dir(&opts.root, opts.plugin_dir.as_deref());
     tokio::task::spawn_blocking(move || {
         reserve_hugepages(&r, &config, &e);
-        !bind || bind_per_config(&r, &config, &o, &e)
+        !bind || bind_per_config(&r, &config, &plugin_dir, &o, &e)
     })
     .await
     .unwrap_or(false)
@@ -426,7 +435,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
                 }
             } => observer.set_labels_applied(applied),
             () = &mut resync => {
-                resync.as_mut().reset(tokio::time::Instant::now() + next_resync(opts.rescan_interval));
+                resync.as_mut().reset(deadline_after(tokio::time::Instant::now(), next_resync(opts.rescan_interval)));
                 reassess = true;
             }
         }

@@ -99,6 +99,10 @@ Examples:\n  nodeprep unbind\n  nodeprep unbind 0000:3b:00.0 0000:3b:00.1\n  nod
     Unbind {
         /// Only these devices (PCI addresses); default: every recorded device.
         addresses: Vec<PciAddress>,
+        /// The kubelet's device-plugin directory, where its checkpoint of what pods hold is
+        /// read (default: var/lib/kubelet/device-plugins under the host root).
+        #[arg(long, value_name = "DIR")]
+        plugin_dir: Option<PathBuf>,
         /// Print the plan, change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -265,6 +269,10 @@ struct BindArgs {
     /// The config file (YAML) that selects the devices.
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
+    /// The kubelet's device-plugin directory, where its checkpoint of what pods hold is read
+    /// (default: var/lib/kubelet/device-plugins under the host root).
+    #[arg(long, value_name = "DIR")]
+    plugin_dir: Option<PathBuf>,
     /// Print the plan, change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -343,7 +351,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Bind { args } => run_bind(&root, args),
-        Command::Unbind { addresses, dry_run, output } => run_unbind(&root, &addresses, dry_run, output),
+        Command::Unbind { addresses, plugin_dir, dry_run, output } => {
+            let plugin_dir = host::kubelet::plugin_dir(&root, plugin_dir.as_deref());
+            run_unbind(&root, &addresses, &plugin_dir, dry_run, output)
+        }
         Command::Config(ConfigCommand::Check { file }) => run_config_check(&root, &file),
         Command::Run { config, plugin_dir, no_bind, resync, listen, node_name, kubeconfig, no_kube } => {
             runtime()?.block_on(async {
@@ -499,8 +510,9 @@ fn outcome_text(outcomes: &[DeviceOutcome]) -> String {
 fn run_bind(root: &HostRoot, args: BindArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let config = Config::load(&args.config)?;
+    let plugin_dir = host::kubelet::plugin_dir(root, args.plugin_dir.as_deref());
     if args.dry_run {
-        let plan = bind::plan_for(root, &config)?;
+        let plan = bind::plan_for(root, &config, &plugin_dir)?;
         match args.output {
             Format::Text => emit(&plan.to_string())?,
             Format::Json => emit(&(serde_json::to_string_pretty(&plan)? + "\n"))?,
@@ -508,7 +520,7 @@ fn run_bind(root: &HostRoot, args: BindArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(if plan.refused().next().is_some() { ExitCode::from(EXIT_UNFIT) } else { ExitCode::SUCCESS });
     }
-    let (_, outcomes) = bind::bind_per_config(root, &config, &mut HostKernel::new(root))?;
+    let (_, outcomes) = bind::bind_per_config(root, &config, &plugin_dir, &mut HostKernel::new(root))?;
     let writes: usize = outcomes.iter().map(|o| o.writes).sum();
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     match args.output {
@@ -537,11 +549,17 @@ fn run_bind(root: &HostRoot, args: BindArgs) -> anyhow::Result<ExitCode> {
     Ok(if outcomes.iter().any(DeviceOutcome::is_failure) { ExitCode::from(EXIT_UNFIT) } else { ExitCode::SUCCESS })
 }
 
-fn run_unbind(root: &HostRoot, only: &[PciAddress], dry_run: bool, output: Format) -> anyhow::Result<ExitCode> {
+fn run_unbind(
+    root: &HostRoot,
+    only: &[PciAddress],
+    plugin_dir: &std::path::Path,
+    dry_run: bool,
+    output: Format,
+) -> anyhow::Result<ExitCode> {
     let inv = discover(root)?;
     let allocations =
-        host::kubelet::read_allocations(root).context("cannot tell which devices pods hold; nothing changed")?;
-    let mut state = State::load(root)?;
+        host::kubelet::read_allocations(plugin_dir).context("cannot tell which devices pods hold; nothing changed")?;
+    let mut state = State::lock(root)?;
     for a in only {
         if !state.devices.contains_key(a) {
             anyhow::bail!("{a} was not bound by nodeprep (not in {}); nothing changed", State::path(root).display());

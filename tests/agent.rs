@@ -199,3 +199,14 @@ fn json_logs_are_one_object_per_line() {
     }
     assert!(logs.contains("\"message\":\"device plugins serving\""), "{logs}");
 }
+
+#[test]
+fn a_huge_resync_interval_does_not_panic() {
+    // u64::MAX seconds: `Instant + interval` would overflow; the timers saturate instead.
+    let (_tree, _kubelet, _dir, mut agent) = start_without_cluster(&["--resync", "18446744073709551615"]);
+    assert!(agent.wait_ready(WAIT), "{:?}\n{}", agent.get("/readyz"), agent.logs());
+    let (code, _) = agent.get("/healthz").expect("healthz");
+    assert_eq!(code, 200, "{}", agent.logs());
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.logs());
+    assert!(!agent.logs().contains("panicked"), "{}", agent.logs());
+}

@@ -84,7 +84,7 @@ fn plan(t: &HostTree, config: &str) -> BindPlan {
     let inv = pci::discover(&root).expect("discover");
     let config = Config::parse(config).expect("valid config");
     let claims = config.claims(&inv).expect("no conflicting claims");
-    let allocations = kubelet::read_allocations(&root).expect("checkpoint");
+    let allocations = kubelet::read_allocations(&kubelet::plugin_dir(&root, None)).expect("checkpoint");
     let vfio_loaded = root.join("sys/bus/pci/drivers/vfio-pci").exists();
     bind::plan_bind(&inv, &config, &claims, &allocations, vfio_loaded)
 }
@@ -93,7 +93,7 @@ fn unbind_plan(t: &HostTree, only: &[&str]) -> Vec<RestorePlan> {
     let root = host(t);
     let inv = pci::discover(&root).expect("discover");
     let state = State::load(&root).expect("state");
-    let allocations = kubelet::read_allocations(&root).expect("checkpoint");
+    let allocations = kubelet::read_allocations(&kubelet::plugin_dir(&root, None)).expect("checkpoint");
     let only: Vec<PciAddress> = only.iter().map(|a| addr(a)).collect();
     bind::plan_unbind(&inv, &state, &allocations, &only)
 }
@@ -102,7 +102,7 @@ fn unbind_plan(t: &HostTree, only: &[&str]) -> Vec<RestorePlan> {
 fn run_bind(t: &HostTree, sim: &mut KernelSim, config: &str) -> Result<Vec<DeviceOutcome>, ApplyError> {
     let plan = plan(t, config);
     let root = host(t);
-    let mut state = State::load(&root).expect("state");
+    let mut state = State::lock(&root).expect("state");
     Applier::new(&root, sim).apply_bind(&plan, &mut state)
 }
 
@@ -110,7 +110,7 @@ fn run_bind(t: &HostTree, sim: &mut KernelSim, config: &str) -> Result<Vec<Devic
 fn run_unbind(t: &HostTree, sim: &mut KernelSim, only: &[&str]) -> Result<Vec<DeviceOutcome>, ApplyError> {
     let plan = unbind_plan(t, only);
     let root = host(t);
-    let mut state = State::load(&root).expect("state");
+    let mut state = State::lock(&root).expect("state");
     Applier::new(&root, sim).apply_unbind(&plan, &mut state)
 }
 
@@ -158,15 +158,22 @@ fn record(driver: Option<&str>, resource: Option<&str>) -> Record {
 
 /// A kubelet device-manager checkpoint giving `ids` to one container of pod [`POD`].
 fn checkpoint(t: &HostTree, resource: &str, ids: &[&str]) {
+    checkpoint_in(&t.path("var/lib/kubelet/device-plugins"), resource, ids);
+}
+
+/// The same, in plugin directory `dir` (created).
+fn checkpoint_in(dir: &Path, resource: &str, ids: &[&str]) {
     let ids: Vec<String> = ids.iter().map(|i| format!("{i:?}")).collect();
-    t.file(
-        "var/lib/kubelet/device-plugins/kubelet_internal_checkpoint",
+    fs::create_dir_all(dir).expect("plugin dir");
+    fs::write(
+        dir.join(kubelet::CHECKPOINT),
         format!(
             r#"{{"Data":{{"PodDeviceEntries":[{{"PodUID":"{POD}","ContainerName":"compute","ResourceName":"{resource}","DeviceIDs":{{"0":[{}]}},"AllocResp":"CgA="}}],"RegisteredDevices":{{"{resource}":[{}]}}}},"Checksum":2412157329}}"#,
             ids.join(","),
             ids.join(",")
         ),
-    );
+    )
+    .expect("write checkpoint");
 }
 
 fn w(path: &str, value: &str) -> (PathBuf, String) {
@@ -572,6 +579,30 @@ fn without_an_iommu_everything_is_refused_and_nothing_written() {
     assert_eq!(snapshot(t.root()), before, "not even var/lib/nodeprep");
 }
 
+#[test]
+fn a_selected_pci_bridge_is_refused_and_stays_on_pcieport() {
+    // The root port above the GPU (class 0604), selected with the GPU behind it.
+    const BRIDGE: &str = r#"
+devices:
+  - resourceName: example.com/root_port
+    selectors: {pciAddresses: ["0000:00:01.0"]}
+"#;
+    let t = gpu_box();
+    let p = plan(&t, BRIDGE);
+    let why = refusal(&p, "0000:00:01.0");
+    assert!(why.contains("it is a PCI bridge") && why.contains("unbinding pcieport"), "{why}");
+    assert!(!p.load_vfio && p.writes_needed() == 0, "{p}");
+
+    let before = snapshot(t.root());
+    let mut sim = KernelSim::new(&t);
+    let outcomes = run_bind(&t, &mut sim, BRIDGE).expect("bind");
+    assert_eq!(outcome(&outcomes, "0000:00:01.0").outcome, "refused", "{outcomes:#?}");
+    assert!(sim.log.is_empty(), "no sysfs write: {:?}", sim.log);
+    assert_eq!(driver(&t, "0000:00:01.0").as_deref(), Some("pcieport"));
+    assert_eq!(driver(&t, GPU).as_deref(), Some("nouveau"));
+    assert_eq!(snapshot(t.root()), before);
+}
+
 // ---- 5. apply, idempotence, unbind ---------------------------------------------------------------
 
 #[test]
@@ -665,6 +696,29 @@ fn unbind_restores_an_original_driver_override() {
     run_unbind(&t, &mut un, &[]).expect("unbind");
     assert_eq!(driver(&t, audio).as_deref(), Some("snd_hda_intel"));
     assert_eq!(override_text(&t, audio), "snd_hda_intel", "writes: {:?}", un.log);
+}
+
+#[test]
+fn unbind_binds_the_original_driver_directly_when_vfio_pci_ids_claims_the_device() {
+    // `options vfio-pci ids=10de:10f7`: drivers_probe gives the audio function to vfio-pci.
+    let t = machines::intel_gpu_server();
+    let (gpu, audio) = (intel::GPU_B, intel::GPU_B_AUDIO);
+    let mut sim = KernelSim::new(&t);
+    run_bind(&t, &mut sim, QUADRO).expect("bind");
+    let mut un = sim.restarted();
+    un.vfio_pci_ids(&["10de:10f7"]);
+    let outcomes = run_unbind(&t, &mut un, &[]).expect("unbind");
+    assert_eq!(outcome(&outcomes, audio).outcome, "restored", "{outcomes:#?}");
+    assert_eq!(driver(&t, audio).as_deref(), Some("snd_hda_intel"));
+    assert_eq!(driver(&t, gpu).as_deref(), Some("nouveau"));
+    let audio_writes = un.writes_for(audio);
+    assert!(
+        audio_writes.iter().any(|(p, v)| p.ends_with("drivers/snd_hda_intel/bind") && v == audio),
+        "{audio_writes:?}"
+    );
+    assert_eq!(un.writes_to("drivers/vfio-pci/unbind"), 3, "GPU once, audio twice: {:?}", un.log);
+    assert!(!t.path("dev/vfio/20").exists());
+    assert!(state(&t).devices.is_empty());
 }
 
 #[test]
@@ -1014,6 +1068,109 @@ fn unbind_refuses_a_device_a_pod_holds() {
     assert!(stderr(&out).contains("0000:02:00.0 was not bound by nodeprep"), "{}", stderr(&out));
 }
 
+#[test]
+fn unbind_refuses_the_audio_function_of_a_gpu_a_pod_holds_naming_the_pod() {
+    let t = machines::intel_gpu_server();
+    let (gpu, audio) = (intel::GPU_B, intel::GPU_B_AUDIO);
+    let mut sim = KernelSim::new(&t);
+    run_bind(&t, &mut sim, QUADRO).expect("bind");
+    assert_eq!(driver(&t, audio).as_deref(), Some("vfio-pci"));
+    checkpoint(&t, "nvidia.com/quadro_rtx_6000", &[gpu]);
+
+    let p = unbind_plan(&t, &[audio]);
+    assert_eq!(p.len(), 1);
+    match &p[0].action {
+        RestoreAction::Refused { reason } => assert!(
+            reason.contains(&format!("{gpu} in IOMMU group 20 is allocated to pod {POD}"))
+                && reason.contains("restoring a member of a group in use crashes hosts before Linux 5.19"),
+            "{reason}"
+        ),
+        other => panic!("the audio function must be refused: {other:?}"),
+    }
+
+    let mut un = sim.restarted();
+    let outcomes = run_unbind(&t, &mut un, &[]).expect("unbind");
+    assert_eq!(outcome(&outcomes, gpu).outcome, "refused");
+    assert_eq!(outcome(&outcomes, audio).outcome, "refused");
+    assert!(un.log.is_empty(), "no write to a group in use: {:?}", un.log);
+    assert_eq!(driver(&t, audio).as_deref(), Some("vfio-pci"));
+    assert_eq!(state(&t).devices.len(), 2, "both still recorded");
+}
+
+#[test]
+fn a_failed_bind_in_a_group_a_pod_holds_is_not_rolled_back() {
+    // A run killed after binding the GPU; the pod then gets the GPU; the rerun fails on the
+    // audio function. Rolling back would hand a member of a group in use to a host driver.
+    let (gpu, audio) = (intel::GPU_B, intel::GPU_B_AUDIO);
+    let t = machines::intel_gpu_server();
+    let mut sim = KernelSim::new(&t);
+    sim.fail_probe_for(audio).fail_after(3);
+    let _ = run_bind(&t, &mut sim, QUADRO);
+    assert_eq!(driver(&t, gpu).as_deref(), Some("vfio-pci"));
+    checkpoint(&t, "nvidia.com/quadro_rtx_6000", &[gpu]);
+
+    let mut rerun = sim.restarted();
+    let outcomes = run_bind(&t, &mut rerun, QUADRO).expect("rerun");
+    let a = outcome(&outcomes, audio);
+    assert_eq!(a.outcome, "failed");
+    let detail = a.detail.as_deref().unwrap_or_default();
+    assert!(
+        detail.contains("not rolled back")
+            && detail.contains(&format!("{gpu} in IOMMU group 20 is allocated to pod {POD}"))
+            && detail.contains("Linux 5.19"),
+        "{detail}"
+    );
+    assert!(rerun.writes_for(gpu).is_empty(), "{:?}", rerun.log);
+    assert_eq!(driver(&t, gpu).as_deref(), Some("vfio-pci"), "the pod's GPU stays");
+    assert_ne!(driver(&t, audio).as_deref(), Some("snd_hda_intel"), "not handed to a host driver");
+    assert!(state(&t).devices.contains_key(&addr(audio)), "still recorded for a later unbind");
+}
+
+#[test]
+fn the_checkpoint_is_read_from_the_plugin_dir_in_use() {
+    let t = machines::intel_gpu_server();
+    let root = host(&t);
+    let config = Config::parse(QAT_VFS).expect("valid");
+    let held = intel::QAT_VFS[0];
+
+    // The host's /var/lib/kubelet is a link to a data disk (absolute: valid only inside the
+    // root); the default plugin directory is found through it.
+    let _ = fs::remove_dir_all(t.path("var/lib/kubelet"));
+    fs::create_dir_all(t.path("var/lib")).expect("mkdir");
+    std::os::unix::fs::symlink("/data/kubelet", t.path("var/lib/kubelet")).expect("symlink");
+    checkpoint_in(&t.path("data/kubelet/device-plugins"), "intel.com/qat_vf", &[held]);
+    let p = bind::plan_for(&root, &config, &kubelet::plugin_dir(&root, None)).expect("plan");
+    assert!(refusal(&p, held).contains(&format!("pod {POD}")), "{p}");
+
+    // --plugin-dir: the checkpoint there counts, not the default's.
+    let other = tempfile::tempdir().expect("tempdir");
+    let (_d, cfg) = config_file(QAT_VFS);
+    let cfg = cfg.to_str().expect("utf-8");
+    let dir = other.path().to_str().expect("utf-8");
+    let out = nodeprep(t.root(), &["bind", "--config", cfg, "--dry-run", "--plugin-dir", dir]);
+    assert!(!stdout(&out).contains(POD), "no checkpoint in {dir} yet: {}", stdout(&out));
+    checkpoint_in(other.path(), "intel.com/qat_vf", &[intel::QAT_VFS[1]]);
+    let out = nodeprep(t.root(), &["bind", "--config", cfg, "--dry-run", "--plugin-dir", dir]);
+    let text = stdout(&out);
+    let line = text.lines().find(|l| l.contains(intel::QAT_VFS[1])).unwrap_or_else(|| panic!("{text}"));
+    assert!(line.starts_with("refuse") && line.contains(POD), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("bind") && l.contains(held)), "{text}");
+
+    // Unreadable: fail closed, naming the file; nothing planned, nothing changed.
+    fs::write(other.path().join(kubelet::CHECKPOINT), "{garbage").expect("write");
+    let before = snapshot(t.root());
+    for args in [vec!["bind", "--config", cfg, "--plugin-dir", dir], vec!["unbind", "--dry-run", "--plugin-dir", dir]] {
+        let out = nodeprep(t.root(), &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("{dir}/kubelet_internal_checkpoint")) && err.contains("nothing changed"),
+            "{err}"
+        );
+    }
+    assert_eq!(snapshot(t.root()), before);
+}
+
 // ---- 10. config check ----------------------------------------------------------------------------
 
 #[test]
@@ -1108,14 +1265,15 @@ fn a_drivers_selector_keeps_matching_devices_nodeprep_bound() {
     let root = host(&t);
     let mut sim = KernelSim::new(&t);
     let config = Config::parse(BY_DRIVER).expect("valid");
-    let (_, outcomes) = bind::bind_per_config(&root, &config, &mut sim).expect("bind");
+    let plugins = kubelet::plugin_dir(&root, None);
+    let (_, outcomes) = bind::bind_per_config(&root, &config, &plugins, &mut sim).expect("bind");
     assert_eq!(outcomes.iter().filter(|o| o.outcome == "bound").count(), 4, "{outcomes:?}");
     for vf in intel::QAT_VFS {
         assert_eq!(driver(&t, vf).as_deref(), Some("vfio-pci"));
     }
 
     // The next plan still selects all four, now with nothing to do.
-    let again = bind::plan_for(&root, &config).expect("plan");
+    let again = bind::plan_for(&root, &config, &plugins).expect("plan");
     let kept: Vec<String> =
         again.devices.iter().filter(|d| d.action == Action::AlreadyBound).map(|d| d.address.to_string()).collect();
     assert_eq!(kept, intel::QAT_VFS.to_vec(), "{again}");

@@ -767,3 +767,65 @@ async fn counted_resources_advertise_n_devices_and_hand_out_their_node() {
     assert!(r.container_responses[0].devices.is_empty() && r.container_responses[0].envs.is_empty());
     s.manager.shutdown().await;
 }
+
+/// Two endpoints of one IOMMU group (the Quadro and its audio function, both on vfio-pci) in one
+/// resource: the kubelet may offer them to two containers, but a group opens in one VM only.
+#[tokio::test]
+async fn allocate_refuses_a_device_whose_group_another_container_holds() {
+    const FUNCS: &str = "example.com/gpu_fn";
+    const POD: &str = "4f0c2a7e-9b1d-4c3e-8a55-0d6b2f1e7c90";
+    let tree = intel_gpu_server();
+    let root = HostRoot::new(tree.root());
+    let config = Config::parse(&format!(
+        "devices:\n  - resourceName: {FUNCS}\n    selectors: {{pciAddresses: [\"{}\", \"{}\"]}}\n",
+        intel::GPU_B,
+        intel::GPU_B_AUDIO
+    ))
+    .expect("config");
+    let plugins = tree.path(PLUGIN_DIR);
+    let mut sim = support::kernel_sim::KernelSim::new(&tree);
+    nodeprep::bind::bind_per_config(&root, &config, &plugins, &mut sim).expect("bind the group");
+    let kubelet = Kubelet::start(&plugins).await;
+    let inv = nodeprep::host::pci::discover(&root).expect("discover");
+    let (_tx, rx) = watch::channel(resource_devices(&inv, &config.claims(&inv).expect("claims")));
+    let mut opts = ManagerOptions::new(root.clone());
+    opts.resources = vec![ResourceSpec::Pci(FUNCS.into())];
+    let manager = Manager::new(opts, rx).expect("resources").start().await.expect("starts");
+    let list = first_list(&kubelet, FUNCS).await;
+    assert!(list.iter().all(|d| d.health == "Healthy") && list.len() == 2, "{list:?}");
+    let mut c = kubelet.client(FUNCS).await;
+
+    // The kubelet gave the GPU to a container of another pod.
+    let checkpoint = |ids: &str| {
+        tree.file(
+            &format!("{PLUGIN_DIR}/kubelet_internal_checkpoint"),
+            format!(
+                r#"{{"Data":{{"PodDeviceEntries":[{{"PodUID":"{POD}","ContainerName":"compute","ResourceName":"{FUNCS}","DeviceIDs":{{"1":[{ids}]}},"AllocResp":"CgA="}}]}},"Checksum":1}}"#
+            ),
+        )
+    };
+    checkpoint(&format!("{:?}", intel::GPU_B));
+    let e = c.allocate(allocate_request(&[&[intel::GPU_B_AUDIO]])).await.expect_err("group held by another pod");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("IOMMU group 20")
+            && e.message().contains(&format!("pod {POD} (container compute)"))
+            && e.message().contains(intel::GPU_B),
+        "{}",
+        e.message()
+    );
+
+    // The same container asking again (a re-Allocate), or both functions in one request: fine.
+    c.allocate(allocate_request(&[&[intel::GPU_B]])).await.expect("re-Allocate of the holder");
+    c.allocate(allocate_request(&[&[intel::GPU_B, intel::GPU_B_AUDIO]])).await.expect("the whole group at once");
+    c.allocate(allocate_request(&[&[intel::GPU_B], &[intel::GPU_B_AUDIO]])).await.expect("one request, one pod");
+
+    // Nobody holds the group: fine. An unreadable checkpoint: refused, naming the file.
+    checkpoint("");
+    c.allocate(allocate_request(&[&[intel::GPU_B_AUDIO]])).await.expect("group free");
+    tree.file(&format!("{PLUGIN_DIR}/kubelet_internal_checkpoint"), "{garbage");
+    let e = c.allocate(allocate_request(&[&[intel::GPU_B_AUDIO]])).await.expect_err("cannot tell");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("kubelet_internal_checkpoint"), "{}", e.message());
+    manager.shutdown().await;
+}

@@ -22,7 +22,9 @@ fn addr(s: &str) -> PciAddress {
 /// The plan `nodeprep bind` makes, bind-time probes included.
 fn plan(t: &HostTree, config: &str) -> BindPlan {
     let config = Config::parse(config).expect("valid config");
-    bind::plan_for(&HostRoot::new(t.root()), &config).expect("plan")
+    let root = HostRoot::new(t.root());
+    let plugin_dir = nodeprep::host::kubelet::plugin_dir(&root, None);
+    bind::plan_for(&root, &config, &plugin_dir).expect("plan")
 }
 
 fn select(a: &str) -> String {

@@ -42,7 +42,7 @@ fn plan(t: &HostTree, config: &str) -> BindPlan {
     let inv = pci::discover(&root).expect("discover");
     let config = Config::parse(config).expect("valid config");
     let claims = config.claims(&inv).expect("no conflicting claims");
-    let allocations = kubelet::read_allocations(&root).expect("checkpoint");
+    let allocations = kubelet::read_allocations(&kubelet::plugin_dir(&root, None)).expect("checkpoint");
     bind::plan_bind(&inv, &config, &claims, &allocations, false)
 }
 

@@ -200,6 +200,9 @@ fn agent_pinned_to_one_cpu_survives_interleaved_swaps_uevents_restarts_and_alloc
     assert!(allocated > 0, "some Allocate was granted: the T4 is on vfio-pci (seed {seed})\n{}", agent.logs());
     assert!(counts.iter().all(|c| *c > 0), "every kind of step ran: {counts:?}");
 
+    // This test's own client connections go with their runtime: a connection left open would
+    // hold the agent's graceful stop for its whole grace period.
+    drop(rt);
     let stopping = Instant::now();
     let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
     let exited = loop {

@@ -7,7 +7,9 @@
 //! 3. the address to `sys/bus/pci/drivers_probe`;
 //!
 //! then the `driver` link and `/dev/vfio/<group>` are checked. Restoring clears the override
-//! (a newline), unbinds from vfio-pci and probes again. Each write that already holds (override
+//! (a newline), unbinds from vfio-pci and probes again; when the probe hands the device to
+//! vfio-pci again (`options vfio-pci ids=...`) or to no driver, it is written to the original
+//! driver's `bind`. Each write that already holds (override
 //! already set, already unbound) is skipped, which is what makes a rerun after a crash converge.
 //! A group that fails half-way is rolled back: no device is left without the driver it should
 //! have.
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::plan::{Action, BindPlan, RestoreAction, RestorePlan, VFIO_PCI};
-use super::state::{Record, State, StateError};
+use super::state::{Record, StateError, StateGuard};
 use crate::host::HostRoot;
 use crate::host::root::{link_name, read_attr};
 use crate::model::PciAddress;
@@ -260,6 +262,14 @@ impl<'a, K: Kernel> Applier<'a, K> {
         if now.as_deref() == to {
             return Ok(());
         }
+        // vfio-pci took it again (its id table has the device: `options vfio-pci ids=...`):
+        // release it once more and ask the original driver directly.
+        if let (Some(VFIO_PCI), Some(want)) = (now.as_deref(), to) {
+            if want != VFIO_PCI {
+                self.write(self.root.join("sys/bus/pci/drivers/vfio-pci/unbind"), &a.to_string(), writes)?;
+            }
+        }
+        let now = self.driver(a);
         // The probe found another driver first or none: ask the original one directly.
         if let (None, Some(want)) = (&now, to) {
             let bind = self.root.join(format!("sys/bus/pci/drivers/{want}/bind"));
@@ -305,7 +315,7 @@ impl<'a, K: Kernel> Applier<'a, K> {
 
     /// Carries out a bind plan. Records every device in the state file before the first write;
     /// binds group by group, rolling a group back when one of its devices fails.
-    pub fn apply_bind(&mut self, plan: &BindPlan, state: &mut State) -> Result<Vec<DeviceOutcome>, ApplyError> {
+    pub fn apply_bind(&mut self, plan: &BindPlan, state: &mut StateGuard) -> Result<Vec<DeviceOutcome>, ApplyError> {
         let mut out: Vec<DeviceOutcome> = Vec::new();
         for d in &plan.devices {
             match &d.action {
@@ -348,7 +358,7 @@ impl<'a, K: Kernel> Applier<'a, K> {
             }
         }
         if changed {
-            state.save(self.root)?;
+            state.save()?;
         }
 
         for (g, members) in groups {
@@ -368,6 +378,24 @@ impl<'a, K: Kernel> Applier<'a, K> {
                         break;
                     }
                 }
+            }
+            if let (Some((failed, why, writes)), Some(in_use)) = (&failure, plan.groups_in_use.get(&g)) {
+                // A pod holds a member: giving any member back to a host driver now could crash
+                // the host, so the group stays as it is (recorded; `nodeprep unbind` later).
+                tracing::error!(device = %failed, group = g, reason = %in_use, "bind failed; not rolled back");
+                let mut o = DeviceOutcome::new(*failed, "failed", Some(format!("{why}; not rolled back: {in_use}")));
+                o.writes = *writes;
+                out.push(o);
+                for (a, w) in &done {
+                    let mut o = DeviceOutcome::new(
+                        *a,
+                        "failed",
+                        Some(format!("bound, but {failed} in its IOMMU group {g} failed; not rolled back: {in_use}")),
+                    );
+                    o.writes = *w;
+                    out.push(o);
+                }
+                continue;
             }
             if let Some((failed, why, writes)) = failure {
                 // Roll the whole group back: a half-bound group is of no use and may have taken
@@ -404,7 +432,7 @@ impl<'a, K: Kernel> Applier<'a, K> {
                     o.writes = w;
                     rolled.push(o);
                 }
-                state.save(self.root)?;
+                state.save()?;
                 out.extend(rolled);
                 continue;
             }
@@ -425,7 +453,11 @@ impl<'a, K: Kernel> Applier<'a, K> {
     }
 
     /// Carries out an unbind plan, forgetting each restored device's record.
-    pub fn apply_unbind(&mut self, plan: &[RestorePlan], state: &mut State) -> Result<Vec<DeviceOutcome>, ApplyError> {
+    pub fn apply_unbind(
+        &mut self,
+        plan: &[RestorePlan],
+        state: &mut StateGuard,
+    ) -> Result<Vec<DeviceOutcome>, ApplyError> {
         let mut out = Vec::new();
         for p in plan {
             let a = p.address;
@@ -465,7 +497,7 @@ impl<'a, K: Kernel> Applier<'a, K> {
                 },
             };
             out.push(DeviceOutcome { writes, ..o });
-            state.save(self.root)?;
+            state.save()?;
         }
         Ok(out)
     }

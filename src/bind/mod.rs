@@ -11,7 +11,9 @@ pub mod state;
 
 pub use apply::{Applier, ApplyError, DeviceOutcome, HostKernel, Kernel};
 pub use plan::{Action, BindPlan, RestorePlan, plan_bind, plan_unbind};
-pub use state::State;
+pub use state::{State, StateGuard};
+
+use std::path::Path;
 
 use crate::config::Config;
 use crate::host::{self, HostError, HostRoot};
@@ -36,9 +38,10 @@ pub enum BindError {
 }
 
 /// Reads the host and plans binding per config: discovery, the config's claims, the kubelet's
-/// allocations, whether vfio-pci is loaded.
-pub fn plan_for(root: &HostRoot, config: &Config) -> Result<BindPlan, BindError> {
-    plan_with(root, config, &State::load(root)?)
+/// allocations (the checkpoint in `plugin_dir`, see [`host::kubelet::plugin_dir`]), whether
+/// vfio-pci is loaded.
+pub fn plan_for(root: &HostRoot, config: &Config, plugin_dir: &Path) -> Result<BindPlan, BindError> {
+    plan_with(root, config, plugin_dir, &State::load(root)?)
 }
 
 /// [`plan_for`] with nodeprep's records already read: a `drivers` selector matches what a
@@ -47,11 +50,12 @@ pub fn plan_for(root: &HostRoot, config: &Config) -> Result<BindPlan, BindError>
 /// The plan is made twice: the first says which IOMMU groups would be written to; only their
 /// endpoints get the bind-time probes (an exclusive open of each disk, the processes holding a
 /// character node open), whose findings the second, final plan weighs.
-fn plan_with(root: &HostRoot, config: &Config, state: &State) -> Result<BindPlan, BindError> {
+fn plan_with(root: &HostRoot, config: &Config, plugin_dir: &Path, state: &State) -> Result<BindPlan, BindError> {
     let mut inv =
         host::pci::discover(root).map_err(|source| BindError::Discover { root: root.path().to_owned(), source })?;
     let claims = config.claims_with(&inv, &state.original_drivers()).map_err(BindError::Claims)?;
-    let allocations = host::kubelet::read_allocations(root).map_err(BindError::Allocations)?;
+    // Fail closed: a checkpoint that cannot be read protects nothing, so nothing is planned.
+    let allocations = host::kubelet::read_allocations(plugin_dir).map_err(BindError::Allocations)?;
     let vfio_loaded = root.join(crate::model::pci::VFIO_PCI_DRIVER_DIR).exists();
     let first = plan_bind(&inv, config, &claims, &allocations, vfio_loaded);
     let candidates: Vec<crate::model::PciAddress> =
@@ -67,10 +71,12 @@ fn plan_with(root: &HostRoot, config: &Config, state: &State) -> Result<BindPlan
 pub fn bind_per_config<K: Kernel>(
     root: &HostRoot,
     config: &Config,
+    plugin_dir: &Path,
     kernel: &mut K,
 ) -> Result<(BindPlan, Vec<DeviceOutcome>), BindError> {
-    let mut state = State::load(root)?;
-    let plan = plan_with(root, config, &state)?;
+    // Locked from load to the last save: a concurrent `nodeprep bind` waits for us.
+    let mut state = State::lock(root)?;
+    let plan = plan_with(root, config, plugin_dir, &state)?;
     let outcomes = Applier::new(root, kernel).apply_bind(&plan, &mut state)?;
     Ok((plan, outcomes))
 }

@@ -8,6 +8,7 @@
 //! - Never touch what the host or a pod uses: a disk holding a mounted file system or swap, an
 //!   interface with the default route or an address, the boot VGA device, a device the kubelet
 //!   allocated to a pod, a PF with VFs enabled, or a device with no IOMMU group.
+//! - Never a PCI bridge (class 0604/0609): its driver (pcieport) serves everything behind it.
 //! - Idempotent: a device already on vfio-pci needs no write.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,6 +65,10 @@ pub struct BindPlan {
     /// vfio-pci must be loaded first.
     pub load_vfio: bool,
     pub devices: Vec<DevicePlan>,
+    /// Groups being bound that have a member a pod holds, with the reason: a failed bind there
+    /// is not rolled back (see [`group_in_use`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups_in_use: BTreeMap<u32, String>,
 }
 
 impl BindPlan {
@@ -124,6 +129,25 @@ pub fn in_use_reason(d: &PciDevice, inv: &PciInventory, allocations: &[Allocatio
     None
 }
 
+/// Pure: why no member of IOMMU group `group` may be given back to a host driver: another
+/// member (not `except`) is allocated to a pod. While a VM holds the group, a host driver
+/// probing one of its devices trips a BUG_ON in vfio before Linux 5.19.
+pub fn group_in_use(
+    inv: &PciInventory,
+    group: u32,
+    except: Option<&PciAddress>,
+    allocations: &[Allocation],
+) -> Option<String> {
+    let members = inv.group(group).map(|g| g.devices.as_slice()).unwrap_or_default();
+    members.iter().filter(|m| Some(*m) != except).find_map(|m| {
+        let a = allocations.iter().find(|a| a.holds(&m.to_string()))?;
+        Some(format!(
+            "{m} in IOMMU group {group} is allocated to pod {} (container {}) as {}; restoring a member of a group in use crashes hosts before Linux 5.19",
+            a.pod_uid, a.container_name, a.resource_name
+        ))
+    })
+}
+
 /// Pure: the bind plan. `claims` come from [`Config::claims`] on the same inventory.
 pub fn plan_bind(
     inv: &PciInventory,
@@ -133,6 +157,7 @@ pub fn plan_bind(
     vfio_loaded: bool,
 ) -> BindPlan {
     let mut devices: BTreeMap<PciAddress, DevicePlan> = BTreeMap::new();
+    let mut groups_in_use = BTreeMap::new();
     // Devices whose entry says bind: none, and companions already decided by group.
     let leave: BTreeSet<PciAddress> = claims
         .iter()
@@ -154,6 +179,25 @@ pub fn plan_bind(
         // Leave-entries never write: they are advertised as they are.
         let (to_leave, to_bind): (Vec<&Claim>, Vec<&Claim>) =
             group_claims.into_iter().partition(|c| leave.contains(&c.address));
+        // A selected bridge is never moved off its driver (pcieport): everything behind it
+        // would lose its link, interrupts and error reporting.
+        let (bridges, to_bind): (Vec<&Claim>, Vec<&Claim>) =
+            to_bind.into_iter().partition(|c| inv.device(&c.address).is_some_and(PciDevice::is_bridge));
+        for c in bridges {
+            let reason = format!(
+                "it is a PCI bridge: unbinding {} would cut off everything behind it",
+                inv.device(&c.address).and_then(|d| d.driver.as_deref()).unwrap_or("pcieport")
+            );
+            devices.insert(
+                c.address,
+                DevicePlan {
+                    address: c.address,
+                    iommu_group: group,
+                    role: role_of(c),
+                    action: Action::Refused { reason },
+                },
+            );
+        }
         for c in to_leave {
             devices.insert(
                 c.address,
@@ -220,6 +264,9 @@ pub fn plan_bind(
                 .insert(c.address, DevicePlan { address: c.address, iommu_group: Some(g), role: role_of(c), action });
         }
         if blocker.is_none() {
+            if let Some(why) = group_in_use(inv, g, None, allocations) {
+                groups_in_use.insert(g, why);
+            }
             for d in endpoints.iter().filter(|d| !selected.contains(&d.address)) {
                 let action = if d.driver.as_deref() == Some(VFIO_PCI) {
                     Action::AlreadyBound
@@ -237,7 +284,7 @@ pub fn plan_bind(
     }
     let devices: Vec<DevicePlan> = devices.into_values().collect();
     let load_vfio = !vfio_loaded && devices.iter().any(|d| matches!(d.action, Action::Bind { .. }));
-    BindPlan { load_vfio, devices }
+    BindPlan { load_vfio, devices, groups_in_use }
 }
 
 /// What happens to one recorded device on unbind.
@@ -263,7 +310,8 @@ pub struct RestorePlan {
 }
 
 /// Pure: the unbind plan for the recorded devices (all of them, or only `only`). A device a
-/// pod holds is refused: taking it away would break a running VM.
+/// pod holds is refused: taking it away would break a running VM; so is one whose IOMMU group
+/// has a member a pod holds (see [`group_in_use`]).
 pub fn plan_unbind(
     inv: &PciInventory,
     state: &State,
@@ -285,6 +333,9 @@ pub fn plan_unbind(
                                 al.pod_uid, al.container_name, al.resource_name
                             ),
                         }
+                    } else if let Some(reason) = d.iommu_group.and_then(|g| group_in_use(inv, g, Some(a), allocations))
+                    {
+                        RestoreAction::Refused { reason }
                     } else {
                         match d.driver.as_deref() {
                             Some(VFIO_PCI) | None => RestoreAction::Restore { to: rec.original_driver.clone() },

@@ -31,6 +31,7 @@
 //! costs one read instead of one per request.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -40,6 +41,7 @@ use super::api::{AllocateRequest, AllocateResponse, CdiDevice, ContainerAllocate
 use super::cdi::{self, CdiSpec};
 use super::devices::VFIO_PCI;
 use crate::host::HostRoot;
+use crate::host::kubelet::Allocation;
 use crate::host::root::{link_name, list_dir, read_attr};
 use crate::model::PciAddress;
 use crate::model::pci::is_bridge_class;
@@ -221,10 +223,12 @@ pub fn kubevirt_env_name(resource_name: &str) -> String {
     format!("PCI_RESOURCE_{}", resource_name.to_ascii_uppercase().replace(['/', '.'], "_"))
 }
 
-/// Pure: `PCIDEVICE_<NAME>`, the SR-IOV network device plugin's variable: like
-/// [`kubevirt_env_name`] but `-` turned into `_` too. Its `_INFO` companion appends `_INFO`.
+/// Pure: `PCIDEVICE_<NAME>`, the SR-IOV network device plugin's variable, named as
+/// [`kubevirt_env_name`] is: upper-cased, `/` and `.` to `_`, `-` kept (the SR-IOV plugin,
+/// KubeVirt's SR-IOV reader and OVN-Kubernetes all compute it so; `intel.com/qat-vf` gives
+/// `PCIDEVICE_INTEL_COM_QAT-VF`). Its `_INFO` companion appends `_INFO`.
 pub fn sriov_env_name(resource_name: &str) -> String {
-    format!("PCIDEVICE_{}", resource_name.to_ascii_uppercase().replace(['/', '.', '-'], "_"))
+    format!("PCIDEVICE_{}", resource_name.to_ascii_uppercase().replace(['/', '.'], "_"))
 }
 
 fn spec(path: &str, permissions: &str) -> DeviceSpec {
@@ -315,6 +319,75 @@ pub fn allocate_pci(
     allocate_pci_with(resource_name, known, req, host, cdi, |a| read_vfio_device(root, &host, a))
 }
 
+/// Pure: why this request may not have its devices: one of them shares an IOMMU group with a
+/// device the kubelet gave another container (a group can be opened by one VM only).
+/// `groups` lists, per requested id, its group and the group's other endpoints. Ids of the same
+/// request may share a group; an allocation that also holds a requested id is this container's
+/// own (a re-Allocate) and is no conflict.
+pub fn group_conflict(
+    req: &AllocateRequest,
+    groups: &[(String, u32, Vec<String>)],
+    allocations: &[Allocation],
+) -> Option<String> {
+    let requested: Vec<&str> =
+        req.container_requests.iter().flat_map(|c| c.devices_ids.iter()).map(String::as_str).collect();
+    let is_requested = |id: &str| requested.iter().any(|r| r.eq_ignore_ascii_case(id));
+    for (id, group, others) in groups {
+        for m in others.iter().filter(|m| !is_requested(m)) {
+            let Some(a) = allocations.iter().find(|a| a.holds(m)) else { continue };
+            if a.device_ids.iter().any(|d| is_requested(d)) {
+                continue;
+            }
+            return Some(format!(
+                "{id} is in IOMMU group {group}, which pod {} (container {}) already holds through {m} ({}): a group goes to one container only",
+                a.pod_uid, a.container_name, a.resource_name
+            ));
+        }
+    }
+    None
+}
+
+/// Refuses (`FAILED_PRECONDITION`) a request whose devices share an IOMMU group with devices
+/// another container holds ([`group_conflict`]), from the kubelet's checkpoint in `plugin_dir`.
+/// Devices alone in their group (bridges aside) need no checkpoint read. A checkpoint that cannot
+/// be read refuses the devices it would have to clear (fail closed).
+pub fn check_group_holders(root: &HostRoot, plugin_dir: &Path, req: &AllocateRequest) -> Result<(), Status> {
+    let mut groups = Vec::new();
+    for id in req.container_requests.iter().flat_map(|c| c.devices_ids.iter()) {
+        let dir = root.join(DEVICES_DIR).join(id);
+        let Some(group) = link_name(&dir.join("iommu_group")).ok().and_then(|g| g.parse::<u32>().ok()) else {
+            continue; // Allocate's own reads say what is wrong with it.
+        };
+        let others: Vec<String> = root
+            .list_dir(format!("{GROUPS_DIR}/{group}/devices"))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| m != id)
+            .filter(|m| {
+                let class = read_attr(&root.join(DEVICES_DIR).join(m).join("class"))
+                    .ok()
+                    .and_then(|c| u32::from_str_radix(c.trim_start_matches("0x"), 16).ok());
+                !class.is_some_and(is_bridge_class)
+            })
+            .collect();
+        if !others.is_empty() {
+            groups.push((id.clone(), group, others));
+        }
+    }
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let allocations = crate::host::kubelet::read_allocations(plugin_dir).map_err(|e| {
+        Status::failed_precondition(format!(
+            "cannot tell whether another container holds a device of the same IOMMU group: {e}"
+        ))
+    })?;
+    match group_conflict(req, &groups, &allocations) {
+        Some(why) => Err(Status::failed_precondition(why)),
+        None => Ok(()),
+    }
+}
+
 /// [`allocate_pci`] for a request that arrived at `arrived`, with reads shared with the requests
 /// that arrived together ([`SharedReads`]).
 pub fn allocate_pci_shared(
@@ -399,7 +472,11 @@ mod tests {
     fn env_names_follow_kubevirt_and_sriov() {
         assert_eq!(kubevirt_env_name("nvidia.com/TU104GL_Tesla_T4"), "PCI_RESOURCE_NVIDIA_COM_TU104GL_TESLA_T4");
         assert_eq!(kubevirt_env_name("intel.com/qat-vf"), "PCI_RESOURCE_INTEL_COM_QAT-VF");
-        assert_eq!(sriov_env_name("intel.com/qat-vf"), "PCIDEVICE_INTEL_COM_QAT_VF");
+        assert_eq!(sriov_env_name("intel.com/qat-vf"), "PCIDEVICE_INTEL_COM_QAT-VF");
+        assert_eq!(
+            sriov_env_name("intel.com/qat-vf"),
+            kubevirt_env_name("intel.com/qat-vf").replace("PCI_RESOURCE_", "PCIDEVICE_")
+        );
         assert_eq!(sriov_env_name("example.co.uk/a.b"), "PCIDEVICE_EXAMPLE_CO_UK_A_B");
     }
 

@@ -47,7 +47,6 @@ use super::registration;
 use super::server::{self, DevicePluginError, DeviceSource, PluginStatus, RunningServer, SharedStatus, lock};
 use crate::host::HostRoot;
 use crate::host::inotify::{ChangeKind, DirChange, DirWatcher, InotifyError};
-use crate::host::kubelet::PLUGIN_DIR;
 
 /// How often the backstop checks sockets, servers and registrations.
 pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -109,7 +108,9 @@ impl ResourceSpec {
 pub struct ManagerOptions {
     /// The host root: sysfs and `/dev` are read under it at Allocate time.
     pub root: HostRoot,
-    /// The kubelet's plugin directory (absolute): [`PLUGIN_DIR`] under the host root by default.
+    /// The kubelet's plugin directory (absolute): by default
+    /// [`PLUGIN_DIR`](crate::host::kubelet::PLUGIN_DIR) under the host root, symlinks resolved
+    /// inside it ([`plugin_dir`](crate::host::kubelet::plugin_dir)).
     pub plugin_dir: PathBuf,
     /// Resources served from the start. PCI resources that appear in the channel later are
     /// served then too.
@@ -126,7 +127,7 @@ impl ManagerOptions {
     /// Defaults: the plugin directory under `root`, no resource named, 5 s backstop.
     pub fn new(root: HostRoot) -> Self {
         ManagerOptions {
-            plugin_dir: root.join(PLUGIN_DIR),
+            plugin_dir: crate::host::kubelet::plugin_dir(&root, None),
             root,
             resources: Vec::new(),
             check_interval: DEFAULT_CHECK_INTERVAL,

@@ -105,7 +105,17 @@ pub fn rescan_delay(interval: Duration, jitter: Duration, random: u64) -> Durati
         return interval;
     }
     let offset = Duration::from_nanos(random % jitter_ns);
-    (interval + offset).saturating_sub(jitter / 2)
+    // Saturating: the interval comes from options (`--resync`) and may be near Duration::MAX.
+    interval.saturating_add(offset).saturating_sub(jitter / 2)
+}
+
+/// About 30 years: "never" for a timer, and far from the end of `Instant`'s range.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// Pure: `now + delay`, or about 30 years from `now` when that overflows (`Instant + Duration`
+/// panics on overflow, and delays come from options and config).
+pub fn deadline_after(now: Instant, delay: Duration) -> Instant {
+    now.checked_add(delay).or_else(|| now.checked_add(FAR_FUTURE)).unwrap_or(now)
 }
 
 /// Pure: the devices the config gives each resource on this inventory; the problems when the
@@ -321,12 +331,12 @@ impl Monitor {
 
     fn trigger(&self, pending: &mut Option<Instant>) {
         MonitorStats::bump(&self.stats.triggers);
-        pending.get_or_insert_with(|| Instant::now() + self.opts.debounce);
+        pending.get_or_insert_with(|| deadline_after(Instant::now(), self.opts.debounce));
     }
 
     fn next_periodic(&self) -> Option<Instant> {
         let interval = self.opts.rescan_interval?;
-        Some(Instant::now() + rescan_delay(interval, self.opts.jitter, random()))
+        Some(deadline_after(Instant::now(), rescan_delay(interval, self.opts.jitter, random())))
     }
 
     async fn rescan(&mut self) {
@@ -565,6 +575,20 @@ mod tests {
             let d = rescan_delay(short, Duration::from_secs(6), random());
             assert!(d >= Duration::from_millis(10) && d < Duration::from_millis(30), "{d:?}");
         }
+    }
+
+    #[test]
+    fn a_huge_interval_saturates_instead_of_panicking() {
+        let huge = Duration::from_secs(u64::MAX);
+        for r in [0, 1, u64::MAX, random()] {
+            let d = rescan_delay(huge, huge / 5, r);
+            assert!(d >= huge / 2, "{d:?}");
+            assert!(rescan_delay(Duration::MAX, Duration::MAX, r) >= Duration::MAX / 2);
+        }
+        let now = Instant::now();
+        let far = deadline_after(now, huge);
+        assert!(far >= now + Duration::from_secs(86_400 * 365), "about 30 years, not now: {far:?} vs {now:?}");
+        assert_eq!(deadline_after(now, Duration::from_secs(5)), now + Duration::from_secs(5));
     }
 
     #[test]

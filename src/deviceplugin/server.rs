@@ -12,7 +12,8 @@
 //! - `GetPreferredAllocation`: [`super::preferred`].
 //! - `Allocate`: [`super::allocate`], reading the devices again from sysfs after the request
 //!   arrived ([`Arrived`], stamped as the connection accepts the stream); requests that arrive
-//!   together share those reads.
+//!   together share those reads. A device whose IOMMU group another container holds (the
+//!   kubelet's checkpoint in the socket's directory) is refused with `FAILED_PRECONDITION`.
 //! - `PreStartContainer`: an empty answer (not required).
 //!
 //! The generated service runs straight on hyper's HTTP/2 server, one connection task per
@@ -186,6 +187,8 @@ pub struct DevicePluginService {
     status: SharedStatus,
     /// Allocate's sysfs reads, shared by requests that arrive together.
     reads: Arc<allocate::SharedReads>,
+    /// The kubelet's plugin directory (the socket's): its checkpoint says who holds what.
+    plugin_dir: PathBuf,
 }
 
 type ListStream = ReceiverStream<Result<ListAndWatchResponse, Status>>;
@@ -346,7 +349,9 @@ impl DevicePlugin for DevicePluginService {
                         .collect()
                 };
                 let known = |id: &str| !unknown.contains(&id);
+                // Group holders are checked once the ids are known to be this plugin's devices.
                 allocate::allocate_pci_shared(&self.root, &self.reads, arrived, name, known, req, cdi.as_deref())
+                    .and_then(|resp| allocate::check_group_holders(&self.root, &self.plugin_dir, req).map(|()| resp))
             }
             DeviceSource::Counted(c) => {
                 let ids = c.device_ids();
@@ -483,6 +488,7 @@ pub(crate) fn serve(
         phase: phase_rx.clone(),
         status: status.clone(),
         reads: Arc::default(),
+        plugin_dir: socket.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
     let task = tokio::spawn(accept_loop(listener, DevicePluginServer::new(service), status.clone(), phase_rx));
     {

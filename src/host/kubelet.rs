@@ -1,6 +1,7 @@
 //! What the kubelet has handed out: the device manager's checkpoint
-//! (`var/lib/kubelet/device-plugins/kubelet_internal_checkpoint`), so nodeprep never takes a
-//! device a pod was given.
+//! (`kubelet_internal_checkpoint` in the plugin directory nodeprep serves its sockets in,
+//! `var/lib/kubelet/device-plugins` under the host root by default; see [`plugin_dir`]), so
+//! nodeprep never takes a device a pod was given.
 //!
 //! The checkpoint is JSON: `Data.PodDeviceEntries[]` with `PodUID`, `ContainerName`,
 //! `ResourceName` and `DeviceIDs`, a map from NUMA node to device ids since Kubernetes 1.20 (a
@@ -95,10 +96,23 @@ pub fn checkpoint_path(plugin_dir: &Path) -> PathBuf {
     plugin_dir.join(CHECKPOINT)
 }
 
-/// Reads the allocations from the checkpoint in the host's plugin directory; none when the
-/// kubelet has never written one (no kubelet, or no device plugin ever registered).
-pub fn read_allocations(root: &HostRoot) -> Result<Vec<Allocation>, HostError> {
-    let path = checkpoint_path(&root.join(PLUGIN_DIR));
+/// The kubelet's plugin directory as nodeprep uses it: `explicit` (`--plugin-dir`) as given,
+/// the very path the device plugins serve their sockets in; by default [`PLUGIN_DIR`] under the
+/// host root, with symlinks resolved inside the root (`/var/lib/kubelet` is often a link to a
+/// data disk, absolute or relative).
+pub fn plugin_dir(root: &HostRoot, explicit: Option<&Path>) -> PathBuf {
+    match explicit {
+        Some(dir) => dir.to_path_buf(),
+        None => root.resolve(PLUGIN_DIR),
+    }
+}
+
+/// Reads the allocations from the checkpoint in `plugin_dir` (see [`plugin_dir`]); none when
+/// the kubelet has never written one (no kubelet, or no device plugin ever registered). An
+/// unreadable or garbage checkpoint is an error naming the file: callers refuse what it
+/// protects.
+pub fn read_allocations(plugin_dir: &Path) -> Result<Vec<Allocation>, HostError> {
+    let path = checkpoint_path(plugin_dir);
     match super::root::read_string(&path) {
         Ok(text) => {
             parse_checkpoint(&text).map_err(|e| HostError::invalid(&path, format!("not a kubelet checkpoint: {e}")))
@@ -132,11 +146,25 @@ mod tests {
     #[test]
     fn missing_checkpoint_means_no_allocations() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(read_allocations(&HostRoot::new(dir.path())).expect("read"), vec![]);
+        let root = HostRoot::new(dir.path());
+        assert_eq!(read_allocations(&plugin_dir(&root, None)).expect("read"), vec![]);
         let p = dir.path().join(PLUGIN_DIR);
         std::fs::create_dir_all(&p).expect("mkdir");
         std::fs::write(p.join(CHECKPOINT), "nope").expect("write");
-        let e = read_allocations(&HostRoot::new(dir.path())).expect_err("garbage");
+        let e = read_allocations(&plugin_dir(&root, None)).expect_err("garbage");
         assert!(e.to_string().contains("kubelet_internal_checkpoint"), "{e}");
+    }
+
+    #[test]
+    fn the_default_plugin_dir_follows_symlinks_inside_the_host_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = HostRoot::new(dir.path());
+        std::fs::create_dir_all(dir.path().join("var/lib")).expect("mkdir");
+        std::fs::create_dir_all(dir.path().join("data/kubelet/device-plugins")).expect("mkdir");
+        // The host's /var/lib/kubelet -> /data/kubelet: absolute, so only valid inside the root.
+        std::os::unix::fs::symlink("/data/kubelet", dir.path().join("var/lib/kubelet")).expect("symlink");
+        assert_eq!(plugin_dir(&root, None), dir.path().join("data/kubelet/device-plugins"));
+        let explicit = Path::new("/var/lib/k0s/kubelet/device-plugins");
+        assert_eq!(plugin_dir(&root, Some(explicit)), explicit);
     }
 }

@@ -9,7 +9,9 @@
 //! - `sys/bus/pci/drivers/<drv>/unbind`: releases the device when `drv` is its driver (the
 //!   `driver` link and the driver directory's back link go), else `ENODEV`;
 //! - `sys/bus/pci/drivers_probe`: a device without a driver is offered to its override (when
-//!   set) or its *native* driver (the one it had when the simulator was created); vfio-pci's
+//!   set), else to vfio-pci when its id is in vfio-pci's id table
+//!   ([`KernelSim::vfio_pci_ids`], as `options vfio-pci ids=10de:10f7` makes it), else to its
+//!   *native* driver (the one it had when the simulator was created); vfio-pci's
 //!   probe fails on a device without an IOMMU group (the kernel's `-EINVAL`), which leaves it
 //!   driverless and the write itself succeeds, as `really_probe` ignores probe errors;
 //! - `sys/bus/pci/drivers/<drv>/bind`: binds a driverless device directly (`EBUSY` when it has
@@ -57,6 +59,8 @@ pub struct KernelSim {
     fail_after: Option<usize>,
     succeeded: usize,
     refuse_probe: BTreeSet<String>,
+    /// `vendor:device` ids (lower-case hex) vfio-pci claims on a probe without override.
+    vfio_ids: BTreeSet<String>,
     module_failure: Option<String>,
     /// Every write the kernel received, in order: (path relative to the root, value). Writes
     /// refused by [`fail_after`](Self::fail_after) never reach the kernel and are not logged;
@@ -84,6 +88,7 @@ impl KernelSim {
             fail_after: None,
             succeeded: 0,
             refuse_probe: BTreeSet::new(),
+            vfio_ids: BTreeSet::new(),
             module_failure: None,
             log: Vec::new(),
             modules: Vec::new(),
@@ -108,6 +113,7 @@ impl KernelSim {
             fail_after: None,
             succeeded: 0,
             refuse_probe: self.refuse_probe.clone(),
+            vfio_ids: self.vfio_ids.clone(),
             module_failure: self.module_failure.clone(),
             log: Vec::new(),
             modules: Vec::new(),
@@ -123,6 +129,14 @@ impl KernelSim {
     /// vfio-pci's probe fails for this device: it stays without a driver.
     pub fn fail_probe_for(&mut self, addr: &str) -> &mut Self {
         self.refuse_probe.insert(addr.to_owned());
+        self
+    }
+
+    /// vfio-pci's id table holds these `vendor:device` ids (`options vfio-pci ids=...`): a
+    /// probe of a driverless device without override gives it to vfio-pci, not its native
+    /// driver. Kept by [`restarted`](Self::restarted) (it is the kernel's configuration).
+    pub fn vfio_pci_ids(&mut self, ids: &[&str]) -> &mut Self {
+        self.vfio_ids.extend(ids.iter().map(|i| i.to_ascii_lowercase()));
         self
     }
 
@@ -183,6 +197,13 @@ impl KernelSim {
             return None;
         }
         fs::read_link(link).ok()?.file_name()?.to_str()?.parse().ok()
+    }
+
+    /// `vendor:device` of `addr` as lower-case hex (`10de:10f7`), from its sysfs attributes.
+    fn id_of(&self, addr: &str) -> Option<String> {
+        let dir = self.root.join(DEVICES).join(addr);
+        let read = |f: &str| fs::read_to_string(dir.join(f)).ok().map(|v| v.trim().trim_start_matches("0x").to_owned());
+        Some(format!("{}:{}", read("vendor")?, read("device")?).to_ascii_lowercase())
     }
 
     fn driver_exists(&self, drv: &str) -> bool {
@@ -246,8 +267,11 @@ impl KernelSim {
         if self.driver_of(addr).is_some() {
             return Ok(());
         }
+        let vfio_claims =
+            self.driver_exists(VFIO_PCI) && self.id_of(addr).is_some_and(|id| self.vfio_ids.contains(&id));
         let candidate = match self.override_of(addr) {
             Some(o) => Some(o),
+            None if vfio_claims => Some(VFIO_PCI.to_owned()),
             None => self.native.get(addr).cloned().flatten(),
         };
         match candidate {
