@@ -69,6 +69,9 @@ pub struct VfioDevice {
     /// Its VFIO character device (`vfio0`), when the kernel made one and `/dev/vfio/devices/`
     /// has it.
     pub cdev: Option<String>,
+    /// The other endpoints of its IOMMU group (bridges aside): with any, the group must not go
+    /// to two containers.
+    pub peers: Vec<String>,
 }
 
 impl VfioDevice {
@@ -119,6 +122,7 @@ pub fn read_vfio_device(root: &HostRoot, host: &VfioHost, address: PciAddress) -
     let group_dir = format!("{GROUPS_DIR}/{group}");
     let members = root.list_dir(format!("{group_dir}/devices")).map_err(|e| format!("IOMMU group {group}: {e}"))?;
     let mut off = Vec::new();
+    let mut peers = Vec::new();
     for m in members.iter().filter(|m| **m != address.to_string()) {
         let mdir = root.join(DEVICES_DIR).join(m);
         let class =
@@ -126,6 +130,7 @@ pub fn read_vfio_device(root: &HostRoot, host: &VfioHost, address: PciAddress) -
         if class.is_some_and(is_bridge_class) {
             continue;
         }
+        peers.push(m.clone());
         match link_name(&mdir.join("driver")) {
             Ok(d) if d == VFIO_PCI => {}
             Ok(d) => off.push(format!("{m} ({d})")),
@@ -137,7 +142,7 @@ pub fn read_vfio_device(root: &HostRoot, host: &VfioHost, address: PciAddress) -
     }
     let no_iommu =
         root.read_optional(format!("{group_dir}/name")).ok().flatten().is_some_and(|n| n.trim() == "vfio-noiommu");
-    let mut dev = VfioDevice { address, group, no_iommu, cdev: None };
+    let mut dev = VfioDevice { address, group, no_iommu, cdev: None, peers };
     if !host.container {
         return Err(format!("{VFIO_CONTAINER} does not exist on the host (is the vfio module loaded?)"));
     }
@@ -351,27 +356,24 @@ pub fn group_conflict(
 /// another container holds ([`group_conflict`]), from the kubelet's checkpoint in `plugin_dir`.
 /// Devices alone in their group (bridges aside) need no checkpoint read. A checkpoint that cannot
 /// be read refuses the devices it would have to clear (fail closed).
-pub fn check_group_holders(root: &HostRoot, plugin_dir: &Path, req: &AllocateRequest) -> Result<(), Status> {
+pub fn check_group_holders(
+    root: &HostRoot,
+    reads: &SharedReads,
+    arrived: Instant,
+    plugin_dir: &Path,
+    req: &AllocateRequest,
+) -> Result<(), Status> {
+    // The devices were just read for this request (the group and its endpoints among them):
+    // the shared reads hand the same results back, so single-device groups cost nothing here.
+    let host = reads.host(root, arrived);
     let mut groups = Vec::new();
     for id in req.container_requests.iter().flat_map(|c| c.devices_ids.iter()) {
-        let dir = root.join(DEVICES_DIR).join(id);
-        let Some(group) = link_name(&dir.join("iommu_group")).ok().and_then(|g| g.parse::<u32>().ok()) else {
+        let Ok(address) = id.parse::<PciAddress>() else { continue };
+        let Ok(dev) = reads.device(root, &host, address, arrived) else {
             continue; // Allocate's own reads say what is wrong with it.
         };
-        let others: Vec<String> = root
-            .list_dir(format!("{GROUPS_DIR}/{group}/devices"))
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|m| m != id)
-            .filter(|m| {
-                let class = read_attr(&root.join(DEVICES_DIR).join(m).join("class"))
-                    .ok()
-                    .and_then(|c| u32::from_str_radix(c.trim_start_matches("0x"), 16).ok());
-                !class.is_some_and(is_bridge_class)
-            })
-            .collect();
-        if !others.is_empty() {
-            groups.push((id.clone(), group, others));
+        if !dev.peers.is_empty() {
+            groups.push((id.clone(), dev.group, dev.peers));
         }
     }
     if groups.is_empty() {
@@ -465,7 +467,7 @@ mod tests {
     use super::*;
 
     fn dev(addr: &str, group: u32) -> VfioDevice {
-        VfioDevice { address: addr.parse().expect("address"), group, no_iommu: false, cdev: None }
+        VfioDevice { address: addr.parse().expect("address"), group, no_iommu: false, cdev: None, peers: Vec::new() }
     }
 
     #[test]

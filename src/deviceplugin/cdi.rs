@@ -257,8 +257,13 @@ mod tests {
         let settings = CdiSettings { kind: "nodeprep.io/vfio".into(), spec_dir: "/etc/cdi".into() };
         let file = dir.path().join("etc/cdi/nodeprep.io-vfio.json");
         let host = VfioHost { container: true, iommufd: false };
-        let dev =
-            |a: &str, group| VfioDevice { address: a.parse().expect("address"), group, no_iommu: false, cdev: None };
+        let dev = |a: &str, group| VfioDevice {
+            address: a.parse().expect("address"),
+            group,
+            no_iommu: false,
+            cdev: None,
+            peers: Vec::new(),
+        };
         let names = || -> Vec<String> {
             let s: Spec = serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("a spec");
             s.devices.into_iter().map(|d| d.name).collect()
@@ -282,8 +287,13 @@ mod tests {
 
     #[test]
     fn device_edits_and_names() {
-        let mut d =
-            VfioDevice { address: "0000:3b:00.0".parse().expect("address"), group: 6, no_iommu: false, cdev: None };
+        let mut d = VfioDevice {
+            address: "0000:3b:00.0".parse().expect("address"),
+            group: 6,
+            no_iommu: false,
+            cdev: None,
+            peers: Vec::new(),
+        };
         let host = VfioHost { container: true, iommufd: true };
         assert_eq!(qualified_name("nodeprep.io/vfio", &d), "nodeprep.io/vfio=0000:3b:00.0");
         assert_eq!(spec_file_name("nodeprep.io/vfio"), "nodeprep.io-vfio.json");
