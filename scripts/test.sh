@@ -5,9 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests use: pciutils (lspci, the cross-check reference).
+# Debian packages the tests use: pciutils (lspci, the cross-check reference), iproute2, util-linux.
 missing=()
 command -v lspci >/dev/null 2>&1 || missing+=(pciutils)
+# iproute2 (ip netns, for the rtnetlink reader's test); util-linux has losetup and taskset.
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v losetup >/dev/null 2>&1 || missing+=(util-linux)
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: need ${missing[*]}: run as root or install them" >&2

@@ -4,7 +4,8 @@
 //! bursts (`change` written to this machine's PCI devices' `uevent` files), `/dev/vfio` churn in
 //! the fixture, kubelet restarts and Allocates, for a fixed time (`NODEPREP_STRESS_SECS`, 20 s by
 //! default). After every step `/healthz` must answer 200 within 5 s, every Allocate must be
-//! answered within 5 s, and at the end SIGTERM must end the agent with status 0 within 2 s.
+//! answered within 5 s, and at the end SIGTERM must end the agent with status 0 within 5 s (a
+//! hang never ends; the 2 s promise is tested on the real kernel, `tests/vm.rs`).
 
 mod support;
 
@@ -24,6 +25,9 @@ const T4: &str = "nvidia.com/TU104GL_Tesla_T4";
 const T4_ADDR: &str = "0000:3b:00.0";
 const CONFIG_A: &str = "pciHostDevices:\n  - pciDeviceSelector: \"10DE:1EB8\"\n    resourceName: nvidia.com/TU104GL_Tesla_T4\n    bind: none\n";
 const CONFIG_B: &str = "pciHostDevices:\n  - pciDeviceSelector: \"10DE:1EB8\"\n    resourceName: nvidia.com/TU104GL_Tesla_T4\n    bind: none\ndevices:\n  - resourceName: intel.com/qat_vf\n    bind: none\n    selectors: {vendors: [\"8086\"], devices: [\"37c9\"]}\n";
+/// How long SIGTERM may take here. The 2 s promise is held on the real kernel (`tests/vm.rs`);
+/// on a CI machine busy with other tests, this bound only has to tell a hang from a slow stop.
+const STOP_WITHIN_SECS: u64 = 5;
 const CONFIG_BAD: &str = "devices:\n  - resourceName: kubernetes.io/nope\n";
 
 /// A small deterministic generator (the seed is printed, so a failing run can be repeated).
@@ -209,10 +213,15 @@ fn agent_pinned_to_one_cpu_survives_interleaved_swaps_uevents_restarts_and_alloc
         if let Ok(Some(st)) = agent.child.try_wait() {
             break Some(st.code());
         }
-        if stopping.elapsed() > Duration::from_secs(2) {
+        if stopping.elapsed() > Duration::from_secs(STOP_WITHIN_SECS) {
             break None;
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    assert_eq!(exited, Some(Some(0)), "SIGTERM ends the agent with 0 within 2 s (seed {seed})\n{}", agent.logs());
+    assert_eq!(
+        exited,
+        Some(Some(0)),
+        "SIGTERM ends the agent with 0 within {STOP_WITHIN_SECS} s (seed {seed})\n{}",
+        agent.logs()
+    );
 }
