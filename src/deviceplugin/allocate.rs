@@ -352,46 +352,13 @@ pub fn group_conflict(
     None
 }
 
-/// Refuses (`FAILED_PRECONDITION`) a request whose devices share an IOMMU group with devices
-/// another container holds ([`group_conflict`]), from the kubelet's checkpoint in `plugin_dir`.
-/// Devices alone in their group (bridges aside) need no checkpoint read. A checkpoint that cannot
-/// be read refuses the devices it would have to clear (fail closed).
-pub fn check_group_holders(
-    root: &HostRoot,
-    reads: &SharedReads,
-    arrived: Instant,
-    plugin_dir: &Path,
-    req: &AllocateRequest,
-) -> Result<(), Status> {
-    // The devices were just read for this request (the group and its endpoints among them):
-    // the shared reads hand the same results back, so single-device groups cost nothing here.
-    let host = reads.host(root, arrived);
-    let mut groups = Vec::new();
-    for id in req.container_requests.iter().flat_map(|c| c.devices_ids.iter()) {
-        let Ok(address) = id.parse::<PciAddress>() else { continue };
-        let Ok(dev) = reads.device(root, &host, address, arrived) else {
-            continue; // Allocate's own reads say what is wrong with it.
-        };
-        if !dev.peers.is_empty() {
-            groups.push((id.clone(), dev.group, dev.peers));
-        }
-    }
-    if groups.is_empty() {
-        return Ok(());
-    }
-    let allocations = crate::host::kubelet::read_allocations(plugin_dir).map_err(|e| {
-        Status::failed_precondition(format!(
-            "cannot tell whether another container holds a device of the same IOMMU group: {e}"
-        ))
-    })?;
-    match group_conflict(req, &groups, &allocations) {
-        Some(why) => Err(Status::failed_precondition(why)),
-        None => Ok(()),
-    }
-}
-
 /// [`allocate_pci`] for a request that arrived at `arrived`, with reads shared with the requests
-/// that arrived together ([`SharedReads`]).
+/// that arrived together ([`SharedReads`]). A device whose IOMMU group has other endpoints is
+/// then refused (`FAILED_PRECONDITION`) when another container holds one of them
+/// ([`group_conflict`], from the kubelet's checkpoint in `plugin_dir`). Devices alone in their
+/// group (bridges aside) need no checkpoint read; a checkpoint that cannot be read refuses the
+/// devices it would have to clear (fail closed).
+#[allow(clippy::too_many_arguments)]
 pub fn allocate_pci_shared(
     root: &HostRoot,
     reads: &SharedReads,
@@ -400,9 +367,32 @@ pub fn allocate_pci_shared(
     known: impl Fn(&str) -> bool,
     req: &AllocateRequest,
     cdi: Option<&CdiSpec>,
+    plugin_dir: &Path,
 ) -> Result<AllocateResponse, Status> {
     let host = reads.host(root, arrived);
-    allocate_pci_with(resource_name, known, req, host, cdi, |a| reads.device(root, &host, a, arrived))
+    // The group's other endpoints come with each device's read.
+    let mut groups: Vec<(String, u32, Vec<String>)> = Vec::new();
+    let response = allocate_pci_with(resource_name, known, req, host, cdi, |a| {
+        let read = reads.device(root, &host, a, arrived);
+        if let Ok(d) = &read {
+            if !d.peers.is_empty() {
+                groups.push((a.to_string(), d.group, d.peers.clone()));
+            }
+        }
+        read
+    })?;
+    if groups.is_empty() {
+        return Ok(response);
+    }
+    let allocations = crate::host::kubelet::read_allocations(plugin_dir).map_err(|e| {
+        Status::failed_precondition(format!(
+            "cannot tell whether another container holds a device of the same IOMMU group: {e}"
+        ))
+    })?;
+    match group_conflict(req, &groups, &allocations) {
+        Some(why) => Err(Status::failed_precondition(why)),
+        None => Ok(response),
+    }
 }
 
 /// Allocate for a PCI resource, with `read` giving each device as it is now. With CDI, the spec

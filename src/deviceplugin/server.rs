@@ -350,11 +350,16 @@ impl DevicePlugin for DevicePluginService {
                 };
                 let known = |id: &str| !unknown.contains(&id);
                 // Group holders are checked once the ids are known to be this plugin's devices.
-                allocate::allocate_pci_shared(&self.root, &self.reads, arrived, name, known, req, cdi.as_deref())
-                    .and_then(|resp| {
-                        allocate::check_group_holders(&self.root, &self.reads, arrived, &self.plugin_dir, req)
-                            .map(|()| resp)
-                    })
+                allocate::allocate_pci_shared(
+                    &self.root,
+                    &self.reads,
+                    arrived,
+                    name,
+                    known,
+                    req,
+                    cdi.as_deref(),
+                    &self.plugin_dir,
+                )
             }
             DeviceSource::Counted(c) => {
                 let ids = c.device_ids();
