@@ -22,6 +22,12 @@ if ((${#missing[@]})); then
 fi
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 
+# The real Kubernetes components the end-to-end tests run against (tests/k8s/: the release its
+# go.mod pins, built from source with the Go toolchain, cached outside the checkout).
+command -v go >/dev/null 2>&1 || { echo "scripts/test.sh: the Go toolchain (go) is needed to build Kubernetes for the tests" >&2; exit 2; }
+echo "== Kubernetes for the tests"
+bash tests/k8s/build.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
@@ -33,3 +39,6 @@ cargo bench --locked --bench scan
 cargo bench --locked --bench bind
 cargo bench --locked --bench deviceplugin
 cargo bench --locked --bench agent
+cargo bench --locked --bench kubelet
+# 100 agents against one API server; CI idles them 60 s (the README quotes a 5-minute run).
+NODEPREP_SCALE_IDLE_SECS=${NODEPREP_SCALE_IDLE_SECS:-60} cargo bench --locked --bench scale

@@ -26,7 +26,13 @@ const CONFIG_KEY: &str = "config.yaml";
 
 /// Kinds that live outside namespaces; every other kind the manifests use must be listed in
 /// [`NAMESPACED`], so a new kind makes the test say which one it is.
-const CLUSTER_SCOPED: &[&str] = &["Namespace", "ClusterRole", "ClusterRoleBinding"];
+const CLUSTER_SCOPED: &[&str] = &[
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+];
 const NAMESPACED: &[&str] = &["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "DaemonSet"];
 
 fn manifest_dir() -> PathBuf {

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod cli;
 pub mod h2grpc;
+pub mod k8s;
 pub mod kernel_sim;
 pub mod kubelet;
 pub mod lspci;
