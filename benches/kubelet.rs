@@ -5,7 +5,7 @@
 //! percentiles (5 ms first), but its `_sum` is exact: one pod admitted at a time, each one's
 //! Allocate is the `_sum`'s increase. Read through the API server's node proxy.
 //!
-//! Prints p50, p99 and max over `NODEPREP_ALLOC_SAMPLES` pods (40 by default).
+//! Prints p50, p99 and max over `NODEPREP_ALLOC_SAMPLES` pods (100 by default).
 //!
 //! `cargo bench --bench kubelet`.
 
@@ -37,7 +37,7 @@ fn allocate_histogram(c: &Cluster) -> (f64, u64) {
 }
 
 fn main() {
-    let samples: usize = std::env::var("NODEPREP_ALLOC_SAMPLES").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+    let samples: usize = std::env::var("NODEPREP_ALLOC_SAMPLES").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
     let c = Cluster::start(Spec { kubelet: true, controllers: true });
     let tree = support::big_sriov(1, 8);
     let inv = nodeprep::host::pci::discover(&HostRoot::new(tree.root())).expect("discover");

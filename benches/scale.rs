@@ -62,6 +62,15 @@ fn agents_traffic(audit: &[Audited]) -> (usize, usize) {
 fn main() {
     let n = env("NODEPREP_SCALE_AGENTS", 100) as usize;
     let idle = Duration::from_secs(env("NODEPREP_SCALE_IDLE_SECS", 300));
+    // Each agent holds three inotify instances (its config directory, the plugin directory,
+    // `/dev/vfio`); one machine running many agents needs more than the default 128 per user.
+    let limit = "/proc/sys/fs/inotify/max_user_instances";
+    let have: usize = std::fs::read_to_string(limit).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let raised = have < 8 * n + 256;
+    if raised {
+        std::fs::write(limit, (8 * n + 256).to_string())
+            .unwrap_or_else(|e| panic!("raise {limit} for {n} agents: {e}"));
+    }
     let c = Cluster::start(Spec { kubelet: false, controllers: false });
     let api_pid = c.apiserver_pid().expect("the API server runs");
     c.kubectl_ok(&["apply", "-k", &Path::new(env!("CARGO_MANIFEST_DIR")).join("daemonset").display().to_string()]);
@@ -72,15 +81,17 @@ fn main() {
     let (cpu_without, rss_without) = apiserver_load(api_pid, Duration::from_secs(30));
 
     // Every agent on its own small fixture host (a KVM guest's six PCI functions).
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("config.yaml");
+    // In the cluster's directory, so a failed run keeps the agents' logs with the cluster's.
+    let dir = c.dir.path().join("agents");
+    std::fs::create_dir_all(&dir).expect("agents dir");
+    let config = dir.join("config.yaml");
     std::fs::write(&config, CONFIG).expect("config");
     let trees: Vec<_> = (0..n).map(|_| support::nested_vm()).collect();
     let audit_before = c.audit().len();
     let started = Instant::now();
     let mut agents = Vec::with_capacity(n);
     for (i, name) in names.iter().enumerate() {
-        let plugins = dir.path().join(format!("plugins-{i}"));
+        let plugins = dir.join(format!("plugins-{i}"));
         std::fs::create_dir_all(&plugins).expect("plugin dir");
         agents.push(Agent::start(AgentSpec {
             host_root: trees[i].root(),
@@ -88,12 +99,12 @@ fn main() {
             plugin_dir: &plugins,
             kubeconfig: Some(&kubeconfigs[i]),
             node_name: name,
-            log: dir.path().join(format!("agent-{i}.log")),
+            log: dir.join(format!("agent-{i}.log")),
             extra: &[],
         }));
     }
     let spawned = started.elapsed();
-    let all_labelled = c.wait_for("every Node labelled", Duration::from_secs(600), |c| {
+    let all_labelled = c.wait_for("every Node labelled", Duration::from_secs(120), |c| {
         let out = c.kubectl_ok(&["get", "nodes", "-l", "nodeprep.io/ready=true", "-o", "name"]);
         (out.lines().count() == n).then(|| started.elapsed())
     });
@@ -135,6 +146,10 @@ fn main() {
         per(idle_writes) * scale / idle.as_secs_f64(),
         (cpu_with - cpu_without).max(0.0) * scale / n as f64
     );
+    drop(agents);
+    if raised {
+        let _ = std::fs::write(limit, have.to_string());
+    }
     assert!(failed.is_empty(), "{failed:#?}");
     assert_eq!(dead, 0, "agents exited");
 }

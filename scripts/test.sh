@@ -20,18 +20,35 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 
 # The real Kubernetes components the end-to-end tests run against (tests/k8s/: the release its
 # go.mod pins, built from source with the Go toolchain, cached outside the checkout).
+# Built in the background while cargo builds: both have long serial stretches (linking) in which
+# one of two cores would idle.
 command -v go >/dev/null 2>&1 || { echo "scripts/test.sh: the Go toolchain (go) is needed to build Kubernetes for the tests" >&2; exit 2; }
-echo "== Kubernetes for the tests"
-bash tests/k8s/build.sh
+k8s_log=$(mktemp)
+echo "== Kubernetes for the tests: tests/k8s/build.sh in the background (log: $k8s_log)"
+k8s_start=$(date +%s)
+bash tests/k8s/build.sh >"$k8s_log" 2>&1 &
+k8s_pid=$!
+
+command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+echo "== build the tests and benchmarks"
+cargo test --locked --no-run
+cargo bench --locked --no-run
+echo "== waiting for the Kubernetes build"
+if ! wait "$k8s_pid"; then
+  cat "$k8s_log" >&2
+  echo "scripts/test.sh: building Kubernetes failed" >&2
+  exit 1
+fi
+cat "$k8s_log"
+echo "tests/k8s ready $(( $(date +%s) - k8s_start )) s after it started"
 echo "== tests"
 cargo nextest run --locked --no-fail-fast
 echo "== benchmarks"

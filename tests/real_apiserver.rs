@@ -180,6 +180,7 @@ fn manifests_are_accepted_and_the_agent_works_with_least_privilege() {
     assert!(mine.iter().any(|a| a.verb == "watch" && a.resource == "nodes"), "{mine:#?}");
     assert!(mine.iter().any(|a| a.verb == "patch" && a.resource == "nodes" && a.code == 200), "{mine:#?}");
     assert!(mine.iter().any(|a| a.verb == "create" && a.resource == "events" && a.code == 201), "{mine:#?}");
+    assert!(mine.iter().all(|a| a.user_agent == nodeprep::cluster::USER_AGENT), "{mine:#?}");
     let failed: Vec<_> = mine.iter().filter(|a| a.code >= 400).collect();
     assert!(failed.is_empty(), "the agent's own requests failed: {failed:#?}");
     assert_eq!(agent.terminate(), Some(0), "{}", agent.logs());

@@ -185,6 +185,9 @@ pub fn source_from_env(flag: Option<&Path>) -> Option<Source> {
     )
 }
 
+/// The `User-Agent` of every request nodeprep sends the API server.
+pub const USER_AGENT: &str = concat!("nodeprep/", env!("CARGO_PKG_VERSION"));
+
 /// Builds a client for `source`. A source that is there but broken is an error, never a quiet
 /// fall back to no cluster. kube's own retry layer is off: the callers own retries.
 pub async fn connect(source: &Source) -> Result<kube::Client, ClusterError> {
@@ -199,6 +202,8 @@ pub async fn connect(source: &Source) -> Result<kube::Client, ClusterError> {
         Source::InCluster => kube::Config::incluster().map_err(|e| ClusterError::InCluster(e.to_string()))?,
     };
     config.default_retry = false;
+    // So the API server's audit log and metrics name nodeprep (kube-rs sends no User-Agent).
+    config.headers.push((hyper::header::USER_AGENT, hyper::header::HeaderValue::from_static(USER_AGENT)));
     let url = config.cluster_url.to_string();
     kube::Client::try_from(config).map_err(|e| ClusterError::Client { url, message: e.to_string() })
 }

@@ -196,6 +196,8 @@ impl Cluster {
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
             "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
+            // The node's hostname (worker-0) resolves nowhere; its InternalIP is this machine's.
+            "--kubelet-preferred-address-types=InternalIP".to_owned(),
             format!("--kubelet-client-certificate={}", p("apiserver-kubelet-client.crt")),
             format!("--kubelet-client-key={}", p("apiserver-kubelet-client.key")),
             format!("--audit-policy-file={}", d.join("audit-policy.yaml").display()),
