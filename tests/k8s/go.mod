@@ -1,5 +1,5 @@
 // Test tooling only: builds the upstream Kubernetes components (and etcd) that nodeprep's
-// end-to-end tests run against, at one pinned release. See README.md in this directory.
+// end-to-end tests run against, at one pinned release. See docs/real-kubernetes.md.
 module nodeprep.io/tests/k8s
 
 go 1.26.0

@@ -73,13 +73,20 @@ impl Proc {
             .open(&log)
             .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
         let err = file.try_clone().expect("clone log");
-        let child = Command::new(binary())
-            .arg(name)
-            .args(args)
-            .stdout(file)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let mut cmd = Command::new(binary());
+        cmd.arg(name).args(args).stdout(file).stderr(err);
+        // SAFETY: between fork and exec only async-signal-safe calls are allowed; prctl is a
+        // plain syscall. The component dies with the thread that started it, so a test or
+        // benchmark killed outright (a timeout, SIGKILL) leaves no API server or kubelet behind.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
         Proc { name, child, log }
     }
 
