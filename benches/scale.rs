@@ -18,7 +18,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::agent::{Agent, AgentSpec};
+use support::agent::{Agent, AgentSpec, cpu_ticks_and_rss_kib as cpu_and_rss};
 use support::k8s::{Audited, Cluster, Spec, list, node_object, token_holder};
 
 const SA_USER: &str = "system:serviceaccount:nodeprep:nodeprep";
@@ -27,22 +27,6 @@ const CONFIG: &str = "nodeLabels:\n  kata: true\n";
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
-}
-
-/// CPU ticks (user + system) and RSS in KiB of `pid`.
-fn cpu_and_rss(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("").split_whitespace().collect();
-    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    (ticks, rss)
 }
 
 /// The API server's CPU (cores) and RSS (MiB) over `window`.

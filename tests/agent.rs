@@ -7,12 +7,10 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
-use nodeprep::host::HostRoot;
 use nodeprep::host::kubelet::PLUGIN_DIR;
-use support::agent::{Agent, AgentSpec, replace_file, spawn_kubelet};
+use support::agent::{Agent, AgentSpec, expected_labels, replace_file, spawn_kubelet};
 use support::apiserver::ApiServer;
 use support::intel_gpu_server;
 use support::kubelet::Kubelet;
@@ -20,20 +18,6 @@ use support::kubelet::Kubelet;
 const NODE: &str = "worker-0";
 const WAIT: Duration = Duration::from_secs(10);
 const CONFIG: &str = "pciHostDevices:\n  - pciDeviceSelector: \"10DE:1EB8\"\n    resourceName: nvidia.com/TU104GL_Tesla_T4\n    bind: none\n";
-
-/// The labels the library computes for this host (what the agent must put on the Node).
-fn expected_labels(root: &Path, ready: bool, kata: bool) -> BTreeMap<String, String> {
-    let root = HostRoot::new(root);
-    let facts = nodeprep::host::system::read_system(&root).expect("facts");
-    let inv = nodeprep::host::pci::discover(&root).expect("inventory");
-    let report = nodeprep::eligibility::evaluate(&facts, &inv);
-    nodeprep::labels::desired(nodeprep::labels::LabelInputs {
-        report: &report,
-        facts: &facts,
-        ready,
-        manage_kata: kata,
-    })
-}
 
 fn nodeprep_labels(api: &ApiServer) -> BTreeMap<String, String> {
     let owned = api.applied_by("nodeprep");

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nodeprep::host::HostRoot;
 use serde_json::Value;
 use support::agent::{Agent, AgentSpec, replace_file};
 use support::intel_gpu_server;
@@ -54,18 +53,9 @@ fn start_agent(tree: &support::HostTree, dir: &Path, config: &Path, kubeconfig: 
     })
 }
 
-/// The labels the library computes for this host.
+/// The labels the library computes for this host, `ready` included.
 fn expected_labels(root: &Path, kata: bool) -> BTreeMap<String, String> {
-    let root = HostRoot::new(root);
-    let facts = nodeprep::host::system::read_system(&root).expect("facts");
-    let inv = nodeprep::host::pci::discover(&root).expect("inventory");
-    let report = nodeprep::eligibility::evaluate(&facts, &inv);
-    nodeprep::labels::desired(nodeprep::labels::LabelInputs {
-        report: &report,
-        facts: &facts,
-        ready: true,
-        manage_kata: kata,
-    })
+    support::agent::expected_labels(root, true, kata)
 }
 
 fn labels(node: &Value) -> BTreeMap<String, String> {

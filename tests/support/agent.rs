@@ -10,6 +10,37 @@ use std::time::{Duration, Instant};
 
 use super::kubelet::Kubelet;
 
+/// The labels the library computes for the host at `root` (what the agent must put on its Node).
+pub fn expected_labels(root: &Path, ready: bool, kata: bool) -> std::collections::BTreeMap<String, String> {
+    let root = nodeprep::host::HostRoot::new(root);
+    let facts = nodeprep::host::system::read_system(&root).expect("facts");
+    let inv = nodeprep::host::pci::discover(&root).expect("inventory");
+    let report = nodeprep::eligibility::evaluate(&facts, &inv);
+    nodeprep::labels::desired(nodeprep::labels::LabelInputs {
+        report: &report,
+        facts: &facts,
+        ready,
+        manage_kata: kata,
+    })
+}
+
+/// (utime + stime) in clock ticks, and VmRSS in KiB, of process `pid`, from /proc.
+pub fn cpu_ticks_and_rss_kib(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (ticks, rss)
+}
+
 /// Starts a kubelet stand-in serving `dir` on a thread and runtime of its own.
 pub fn spawn_kubelet(dir: PathBuf) -> Kubelet {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -112,20 +143,7 @@ impl Agent {
 
     /// (utime + stime) in clock ticks, and VmRSS in KiB, from /proc.
     pub fn cpu_ticks_and_rss_kib(&self) -> (u64, u64) {
-        let pid = self.child.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let rss = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        (ticks, rss)
+        cpu_ticks_and_rss_kib(self.child.id())
     }
 
     /// `/proc/<pid>/smaps_rollup`: (anonymous KiB, file-backed KiB) of the resident set.
