@@ -61,7 +61,7 @@ fn main() {
     let names: Vec<String> = (0..n).map(|i| format!("node-{i:04}")).collect();
     c.create(&list(names.iter().map(|n| node_object(n)).collect()));
     c.create(&list(names.iter().map(|n| token_holder("nodeprep", "nodeprep", n)).collect()));
-    let kubeconfigs: Vec<_> = names.iter().map(|n| c.pod_bound_kubeconfig("nodeprep", "nodeprep", n)).collect();
+    let kubeconfigs: Vec<_> = names.iter().map(|n| c.holder_kubeconfig("nodeprep", "nodeprep", n)).collect();
     let (cpu_without, rss_without) = apiserver_load(api_pid, Duration::from_secs(30));
 
     // Every agent on its own small fixture host (a KVM guest's six PCI functions).

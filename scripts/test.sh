@@ -31,6 +31,8 @@ echo "== Kubernetes for the tests: tests/k8s/build.sh in the background (log: $k
 k8s_start=$(date +%s)
 bash tests/k8s/build.sh >"$k8s_log" 2>&1 &
 k8s_pid=$!
+# A step that fails before the wait below must not leave the Go build running.
+trap 'kill "$k8s_pid" 2>/dev/null || true' EXIT
 
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 

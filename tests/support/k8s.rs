@@ -307,7 +307,7 @@ impl Cluster {
                 "--secure-port=0".to_owned(),
             ],
         );
-        let cm = Proc::spawn(
+        let mut cm = Proc::spawn(
             "kube-controller-manager",
             &d,
             &[
@@ -320,13 +320,11 @@ impl Cluster {
             ],
         );
         self.others.push(scheduler);
-        self.others.push(cm);
         // Pods need the namespace's default ServiceAccount, which the controller manager makes.
-        let mut probe = self.others.pop().expect("controller manager");
-        wait(&mut probe, "the default ServiceAccount in default", || {
+        wait(&mut cm, "the default ServiceAccount in default", || {
             self.kubectl(&["get", "serviceaccount", "default", "-n", "default"]).status.success()
         });
-        self.others.push(probe);
+        self.others.push(cm);
     }
 
     fn start_cri(&mut self) {
@@ -494,12 +492,16 @@ registerNode: true
     /// A kubeconfig for `namespace/sa` with a token from the TokenRequest API bound to a pod
     /// of that ServiceAccount on `node`, as the kubelet gets one for a pod: the token carries
     /// the node's name (`authentication.kubernetes.io/node-name`). The pod is created here
-    /// (with `nodeName` set; nothing runs it) unless it exists.
+    /// (with `nodeName` set; nothing runs it); [`Cluster::holder_kubeconfig`] when the pod
+    /// already exists (made in bulk with [`token_holder`]).
     pub fn pod_bound_kubeconfig(&self, namespace: &str, sa: &str, node: &str) -> PathBuf {
+        self.create(&token_holder(namespace, sa, node));
+        self.holder_kubeconfig(namespace, sa, node)
+    }
+
+    /// [`Cluster::pod_bound_kubeconfig`] for a holder pod that exists.
+    pub fn holder_kubeconfig(&self, namespace: &str, sa: &str, node: &str) -> PathBuf {
         let holder = format!("{sa}-on-{node}");
-        if self.object(&format!("/api/v1/namespaces/{namespace}/pods/{holder}")).is_none() {
-            self.create(&token_holder(namespace, sa, node));
-        }
         let token = self.kubectl_ok(&[
             "create",
             "token",
