@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::bind::{self, HostKernel};
+use crate::bind;
 use crate::cluster::ApiStats;
 use crate::cluster::events::{NodeEvent, Recorder};
 use crate::cluster::labels::Desired;
@@ -47,6 +47,8 @@ pub enum AgentError {
     ConfigWatch { path: PathBuf, message: String },
     #[error("device monitor: {0}")]
     Monitor(String),
+    #[error("start the DRA driver: {0}")]
+    Dra(#[from] crate::dra::plugin::DraPluginError),
     #[error("listen on {addr} for /healthz, /readyz and /metrics: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -70,6 +72,11 @@ pub struct AgentOptions {
     pub listen: std::net::SocketAddr,
     /// The Kubernetes API; `None`: no cluster, labels are only logged.
     pub cluster: Option<ClusterOptions>,
+    /// The kubelet's root directory, where the DRA plugin's sockets go, when it is not the host
+    /// root's `var/lib/kubelet` (then the path is the same for the agent and the kubelet).
+    pub kubelet_dir: Option<PathBuf>,
+    /// The kernel the agent writes to ([`crate::bind::host_kernels`] in production).
+    pub kernel: crate::bind::KernelFactory,
 }
 
 /// The agent's connection to the Kubernetes API.
@@ -93,10 +100,11 @@ fn bind_per_config(
     root: &HostRoot,
     config: &Config,
     plugin_dir: &Path,
+    kernel: &crate::bind::KernelFactory,
     observer: &Observer,
     events: &Recorder,
 ) -> bool {
-    match bind::bind_per_config(root, config, plugin_dir, &mut HostKernel::new(root)) {
+    match bind::bind_per_config(root, config, plugin_dir, &mut kernel.make(root)) {
         Ok((_, outcomes)) => {
             observer.record_bind(&outcomes);
             events.record_outcomes(&outcomes);
@@ -142,12 +150,12 @@ fn reserve_hugepages(root: &HostRoot, config: &Config, events: &Recorder) {
 /// The host changes the config asks for: huge pages, then vfio-pci binding. Returns whether
 /// the bind went through (see [`bind_per_config`]).
 async fn prepare_host(opts: &AgentOptions, config: Arc<Config>, observer: &Observer, events: &Recorder) -> bool {
-    let (r, o, e, bind) = (opts.root.clone(), observer.clone(), events.clone(), opts.bind);
+    let (r, o, e, bind, k) = (opts.root.clone(), observer.clone(), events.clone(), opts.bind, opts.kernel.clone());
     // The checkpoint of the kubelet the plugins register with, not always the default's.
     let plugin_dir = crate::host::kubelet::plugin_dir(&opts.root, opts.plugin_dir.as_deref());
     tokio::task::spawn_blocking(move || {
         reserve_hugepages(&r, &config, &e);
-        !bind || bind_per_config(&r, &config, &plugin_dir, &o, &e)
+        !bind || bind_per_config(&r, &config, &plugin_dir, &k, &o, &e)
     })
     .await
     .unwrap_or(false)
@@ -224,7 +232,140 @@ fn read_at_start_changed(started: &Config, now: &Config) -> Vec<&'static str> {
     if started.cdi != now.cdi {
         out.push("cdi");
     }
+    if started.dra != now.dra || has_dra(started) != has_dra(now) {
+        out.push("dra");
+    }
     out
+}
+
+/// The running DRA driver: its kubelet plugin, the devices it offers (the slices publisher and
+/// the health stream follow them) and the poke its Prepares and Unprepares give.
+struct DraRuntime {
+    plugin: crate::dra::plugin::Plugin,
+    node: String,
+    devices: watch::Sender<Option<Vec<crate::dra::devices::DraDevice>>>,
+    health: watch::Sender<Vec<crate::dra::DeviceHealth>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+/// Starts the DRA driver when the config offers devices through DRA and there is a cluster:
+/// reconciles leftover bindings, starts publishing ResourceSlices, then serves the kubelet.
+async fn start_dra(
+    opts: &AgentOptions,
+    config: &watch::Receiver<Arc<Config>>,
+    api_stats: &Arc<ApiStats>,
+    stop: watch::Receiver<bool>,
+) -> Result<Option<DraRuntime>, AgentError> {
+    use crate::dra::{driver::AgentDriver, plugin, prepare};
+    let started = config.borrow().clone();
+    if !has_dra(&started) {
+        return Ok(None);
+    }
+    let Some(cluster) = &opts.cluster else {
+        tracing::warn!("the config offers devices through DRA, but there is no API server: the DRA driver is off");
+        return Ok(None);
+    };
+    let driver = started.dra.driver_name.clone();
+    let node = cluster.labeler.node_name.clone();
+    // Where the kubelet's directory is, for the agent and as the kubelet names it.
+    let (kubelet_seen, kubelet_host) = match &opts.kubelet_dir {
+        Some(d) => (d.clone(), d.clone()),
+        None => (opts.root.join("var/lib/kubelet"), PathBuf::from("/var/lib/kubelet")),
+    };
+    let cdi_dir =
+        started.cdi.as_ref().map_or(crate::deviceplugin::cdi::DEFAULT_SPEC_DIR.to_owned(), |c| c.spec_dir.clone());
+    let data_dir = kubelet_host.join("plugins").join(&driver).to_string_lossy().into_owned();
+    let dp_dir = crate::host::kubelet::plugin_dir(&opts.root, opts.plugin_dir.as_deref());
+    let settings = prepare::settings_for(&driver, &node, &cdi_dir, &data_dir, &dp_dir);
+
+    let (root, s, c, k) = (opts.root.clone(), settings.clone(), started.clone(), opts.kernel.clone());
+    let reconciled = tokio::task::spawn_blocking(move || prepare::reconcile(&root, &s, &c, &mut k.make(&root)))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    match reconciled {
+        Ok(r) => {
+            tracing::info!(stale_claims = r.stale_claims.len(), restored = r.restored.len(), "DRA bindings reconciled")
+        }
+        Err(e) => tracing::error!(error = %e, "DRA bindings not reconciled"),
+    }
+
+    let (devices, devices_rx) = watch::channel(None);
+    let (health, health_rx) = watch::channel(Vec::new());
+    let (slice_status, _) = watch::channel(crate::cluster::slices::SliceStatus::default());
+    tokio::spawn(crate::cluster::slices::run(
+        cluster.client.clone(),
+        crate::cluster::slices::SliceOptions::new(&driver, &node),
+        api_stats.clone(),
+        devices_rx,
+        slice_status,
+        async move {
+            let mut stop = stop;
+            let _ = stop.wait_for(|s| *s).await;
+        },
+    ));
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let agent_driver = AgentDriver {
+        root: opts.root.clone(),
+        settings,
+        config: config.clone(),
+        client: Some(cluster.client.clone()),
+        stats: api_stats.clone(),
+        request_timeout: cluster.labeler.request_timeout,
+        health: health_rx,
+        changed: changed.clone(),
+        kernel: opts.kernel.clone(),
+    };
+    let mut popts = plugin::PluginOptions::new(&driver, &kubelet_seen);
+    if opts.kubelet_dir.is_none() {
+        popts.endpoint_path = Some(kubelet_host.join("plugins").join(&driver).join(crate::dra::api::DRA_SOCKET));
+    }
+    let plugin = plugin::Plugin::start(popts, Arc::new(agent_driver)).await?;
+    tracing::info!(driver = %driver, registration = %plugin.registration_socket().display(), "DRA driver serving");
+    Ok(Some(DraRuntime { plugin, node, devices, health, changed }))
+}
+
+/// Recomputes the DRA devices from the latest inventory and publishes them when they changed.
+async fn refresh_dra(dra: &DraRuntime, root: &HostRoot, inv: Option<Arc<PciInventory>>, config: Arc<Config>) {
+    let Some(inv) = inv else { return };
+    let root = root.clone();
+    let found = tokio::task::spawn_blocking(move || crate::dra::prepare::offered_in(&root, &inv, &config))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    let devices = match found {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "DRA devices not recomputed; the slices stay as they are");
+            return;
+        }
+    };
+    let health: Vec<crate::dra::DeviceHealth> = devices
+        .iter()
+        .map(|d| crate::dra::DeviceHealth {
+            pool: dra.node.clone(),
+            device: d.name.clone(),
+            health: if d.healthy { crate::dra::Health::Healthy } else { crate::dra::Health::Unhealthy },
+            message: d.problem.clone().unwrap_or_default(),
+        })
+        .collect();
+    dra.health.send_if_modified(|cur| {
+        let changed = *cur != health;
+        if changed {
+            *cur = health;
+        }
+        changed
+    });
+    dra.devices.send_if_modified(|cur| {
+        let changed = cur.as_ref() != Some(&devices);
+        if changed {
+            *cur = Some(devices);
+        }
+        changed
+    });
+}
+
+/// The config offers devices through DRA (the DRA driver starts only then).
+fn has_dra(config: &Config) -> bool {
+    config.entries.iter().any(|e| matches!(e.front, crate::config::Front::Dra(_)))
 }
 
 fn counted_specs(config: &Config) -> Vec<ResourceSpec> {
@@ -367,6 +508,12 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     }
     mopts.cdi = cdi;
     let handle = Manager::new(mopts, devices)?.start().await?;
+    let dra = start_dra(&opts, &config_view, &api_stats, stop_rx.clone()).await?;
+    if let Some(d) = &dra {
+        // Cloned out in statements of their own: a `Ref` alive across the await deadlocks.
+        let (inv, cfg) = (inventory.borrow().clone(), config_view.borrow().clone());
+        refresh_dra(d, &opts.root, inv, cfg).await;
+    }
     tracing::info!(plugins = handle.status().len(), dir = %handle.plugin_dir().display(), "device plugins serving");
     observer.set_plugins(handle.status());
 
@@ -438,6 +585,19 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
                 resync.as_mut().reset(deadline_after(tokio::time::Instant::now(), next_resync(opts.rescan_interval)));
                 reassess = true;
             }
+            // A claim was prepared or unprepared: the devices' health follows.
+            () = async {
+                match &dra {
+                    Some(d) => d.changed.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(d) = &dra {
+                    let latest = inventory.borrow().clone();
+                    let cfg = config_view.borrow().clone();
+                    refresh_dra(d, &opts.root, latest, cfg).await;
+                }
+            }
         }
         // `ready` follows the plugins' registrations and the last bind at once.
         let now_ready = bind_ok && plugins_registered(&handle);
@@ -452,6 +612,10 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
             // `.await` (as an `if let` scrutinee's temporary would be) holds the channel's read
             // lock while the monitor, on this same thread, waits for its write lock: a deadlock.
             let latest = inventory.borrow_and_update().clone();
+            if let Some(d) = &dra {
+                let cfg = config_view.borrow().clone();
+                refresh_dra(d, &opts.root, latest.clone(), cfg).await;
+            }
             if let Some(a) = assess_blocking(&opts.root, latest).await {
                 publish_labels(&desired_tx, desired_labels(&a, ready, manage_kata(&config_view.borrow())), cluster);
                 assessment = Some(a);
@@ -471,6 +635,13 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     }
     let _ = stop_tx.send(true);
     handle.shutdown().await;
+    // The DRA sockets go; the ResourceSlices stay (a restart is not an uninstall: the kubelet
+    // removes them itself 30 s after the driver's socket disappears for good).
+    if let Some(d) = dra {
+        if let Err(e) = d.plugin.shutdown().await {
+            tracing::warn!(error = %e, "DRA plugin sockets not removed");
+        }
+    }
     config_task.abort();
     let _ = http_task.await;
     match monitor_task.await {

@@ -133,6 +133,11 @@ nodeprep run --config config.yaml --no-bind --log-level info")]
         /// the host root).
         #[arg(long, value_name = "DIR")]
         plugin_dir: Option<PathBuf>,
+        /// The kubelet's root directory, where the DRA driver's sockets go (plugins_registry/,
+        /// plugins/<driver>/), when it is not var/lib/kubelet under the host root; the path
+        /// must be the same for the kubelet.
+        #[arg(long, value_name = "DIR")]
+        kubelet_dir: Option<PathBuf>,
         /// Advertise only: do not bind devices to vfio-pci.
         #[arg(long)]
         no_bind: bool,
@@ -157,6 +162,9 @@ nodeprep run --config config.yaml --no-bind --log-level info")]
     /// Device-plugin tools.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// DRA driver tools: the devices offered, and Prepare/Unprepare by hand.
+    #[command(subcommand)]
+    Dra(DraCommand),
     /// Render OpenShift MachineConfigs for boot-time IOMMU, vfio-pci and hugepage settings.
     #[command(after_help = "Applying these reboots every node of the pool (10-60 minutes a node); \
 `nodeprep bind` does the vfio-pci part at run time instead.\n\n\
@@ -250,6 +258,57 @@ nodeprep plugins probe --updates 2 --timeout 30 SOCKET   # wait for the next cha
         #[arg(long, value_delimiter = ',', value_name = "IDS")]
         allocate: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum DraCommand {
+    /// The devices the config offers through DRA on this host, one per IOMMU group, with their
+    /// attributes and health (JSON).
+    #[command(after_help = "Examples:\n  nodeprep dra devices --config config.yaml\n  \
+nodeprep --host-root /host dra devices --config /etc/nodeprep/config.yaml | jq '.[].name'")]
+    Devices {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The pool (node) name shown.
+        #[arg(long, env = "NODE_NAME", default_value = "localhost")]
+        node_name: String,
+    },
+    /// Prepare a claim as the kubelet's NodePrepareResources would, from the ResourceClaim's
+    /// JSON (`kubectl get resourceclaim NAME -o json`): binds its devices' IOMMU groups to
+    /// vfio-pci and writes the CDI spec, the device metadata and the checkpoint. Prints the
+    /// prepared devices (JSON); a refusal exits 3 with the reason.
+    Prepare {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The ResourceClaim, as JSON.
+        #[arg(long, value_name = "FILE")]
+        claim: PathBuf,
+        #[command(flatten)]
+        at: DraPaths,
+    },
+    /// Unprepare a claim by UID: its `atRest: host` devices go back to their drivers.
+    Unprepare {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long)]
+        uid: String,
+        #[command(flatten)]
+        at: DraPaths,
+    },
+}
+
+/// Where the DRA driver writes, as the host names it.
+#[derive(Args)]
+struct DraPaths {
+    /// The pool (node) name.
+    #[arg(long, env = "NODE_NAME", default_value = "localhost")]
+    node_name: String,
+    /// The CDI spec directory.
+    #[arg(long, default_value = "/var/run/cdi", value_name = "DIR")]
+    cdi_dir: String,
+    /// The kubelet's root directory (plugins/<driver> holds the device metadata).
+    #[arg(long, default_value = "/var/lib/kubelet", value_name = "DIR")]
+    kubelet_dir: String,
 }
 
 #[derive(Subcommand)]
@@ -356,7 +415,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             run_unbind(&root, &addresses, &plugin_dir, dry_run, output)
         }
         Command::Config(ConfigCommand::Check { file }) => run_config_check(&root, &file),
-        Command::Run { config, plugin_dir, no_bind, resync, listen, node_name, kubeconfig, no_kube } => {
+        Command::Run { config, plugin_dir, kubelet_dir, no_bind, resync, listen, node_name, kubeconfig, no_kube } => {
             runtime()?.block_on(async {
                 let cluster =
                     if no_kube { None } else { cluster_options(&root, kubeconfig.as_deref(), node_name).await? };
@@ -368,12 +427,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     rescan_interval: std::time::Duration::from_secs(resync.max(1)),
                     listen,
                     cluster,
+                    kubelet_dir,
+                    kernel: bind::host_kernels(),
                 };
                 nodeprep::agent::run(opts, terminated()).await?;
                 anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dra(cmd) => run_dra(&root, cmd),
         Command::Plugins(PluginsCommand::Probe { socket, updates, timeout, allocate }) => {
             let report = runtime()?.block_on(nodeprep::deviceplugin::probe::probe(
                 &socket,
@@ -547,6 +609,48 @@ fn run_bind(root: &HostRoot, args: BindArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if outcomes.iter().any(DeviceOutcome::is_failure) { ExitCode::from(EXIT_UNFIT) } else { ExitCode::SUCCESS })
+}
+
+fn run_dra(root: &HostRoot, cmd: DraCommand) -> anyhow::Result<ExitCode> {
+    use nodeprep::dra::prepare;
+    let settings = |config: &Config, at: &DraPaths| {
+        let driver = &config.dra.driver_name;
+        let data_dir = format!("{}/plugins/{driver}", at.kubelet_dir.trim_end_matches('/'));
+        let dp_dir = host::kubelet::plugin_dir(root, None);
+        prepare::settings_for(driver, &at.node_name, &at.cdi_dir, &data_dir, &dp_dir)
+    };
+    match cmd {
+        DraCommand::Devices { config, node_name } => {
+            let config = Config::load(&config)?;
+            let devices = prepare::offered_report(root, &config, &node_name).map_err(anyhow::Error::msg)?;
+            emit(&(serde_json::to_string_pretty(&devices)? + "\n"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DraCommand::Prepare { config, claim, at } => {
+            let config = Config::load(&config)?;
+            let text = std::fs::read_to_string(&claim).with_context(|| format!("read {}", claim.display()))?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", claim.display()))?;
+            let alloc = prepare::claim_allocation(&value, &config.dra.driver_name).map_err(anyhow::Error::msg)?;
+            let s = settings(&config, &at);
+            match prepare::prepare(root, &s, &config, &alloc, &mut bind::HostKernel::new(root)) {
+                Ok(devices) => {
+                    emit(&(serde_json::to_string_pretty(&devices)? + "\n"))?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(reason) => {
+                    eprintln!("nodeprep: claim {} refused: {reason}", alloc.claim);
+                    Ok(ExitCode::from(EXIT_UNFIT))
+                }
+            }
+        }
+        DraCommand::Unprepare { config, uid, at } => {
+            let config = Config::load(&config)?;
+            let s = settings(&config, &at);
+            prepare::unprepare(root, &s, &uid, &mut bind::HostKernel::new(root)).map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn run_unbind(

@@ -32,6 +32,7 @@ const CLUSTER_SCOPED: &[&str] = &[
     "Namespace",
     "ClusterRole",
     "ClusterRoleBinding",
+    "DeviceClass",
 ];
 const NAMESPACED: &[&str] = &["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "DaemonSet"];
 
@@ -314,10 +315,20 @@ fn rbac_grants_exactly_what_the_agent_uses() {
     // /api/v1/nodes with fieldSelector=metadata.name=<node> (so no "list"), the server-side apply
     // PATCH of its labels (the Node exists: no "create"), and a POST of each core/v1 Event on the
     // Node, which lands in "default" (never updated: no "patch"; never events.k8s.io).
+    //
+    // DRA (src/cluster/slices.rs, src/dra/driver.rs): its ResourceSlices listed and watched by
+    // field selector, server-side applied (patch; and create, which kube-apiserver checks when
+    // the apply creates the slice), deleted one by one (no deletecollection, no get, no update);
+    // the claim the kubelet names read by name (no list, no watch).
     let cluster = one(&docs, "ClusterRole");
     assert_eq!(
         rules(cluster),
-        expect_rules(&[("", "nodes", &[], &["get", "watch", "patch"]), ("", "events", &[], &["create"])]),
+        expect_rules(&[
+            ("", "nodes", &[], &["get", "watch", "patch"]),
+            ("", "events", &[], &["create"]),
+            ("resource.k8s.io", "resourceslices", &[], &["list", "watch", "create", "patch", "delete"]),
+            ("resource.k8s.io", "resourceclaims", &[], &["get"]),
+        ]),
         "{}",
         cluster.at()
     );
@@ -450,6 +461,118 @@ fn the_plugin_dir_and_the_host_root_are_host_paths() {
 
     let (_, mount) = host_path_mount("/dev");
     assert_eq!(mount["mountPath"].as_str(), Some("/dev"));
+}
+
+/// The kubelet dials the DRA plugin at the absolute path the registration names, as the host
+/// sees it: its two directories are mounted at the same paths inside, created when missing; the
+/// CDI directory the runtime reads as well.
+#[test]
+fn the_kubelets_dra_directories_and_cdi_are_mounted_at_their_host_paths() {
+    let docs = objects();
+    let ds = one(&docs, "DaemonSet");
+    let (mounts, volumes) = (mounts(ds), volumes(ds));
+    // The agent puts its sockets under --kubelet-dir and registers them under that path.
+    let kubelet_dir = flag(&args(ds), "--kubelet-dir");
+    assert_eq!(kubelet_dir, "/var/lib/kubelet", "the kubelet's root directory");
+    let registry = format!("{kubelet_dir}/plugins_registry");
+    let plugins = format!("{kubelet_dir}/plugins");
+    for path in [registry.as_str(), plugins.as_str(), "/var/run/cdi"] {
+        let found: Vec<&String> =
+            volumes.iter().filter(|(_, v)| v["hostPath"]["path"].as_str() == Some(path)).map(|(n, _)| n).collect();
+        assert_eq!(found.len(), 1, "one hostPath volume for {path}: {found:?}");
+        let name = found[0];
+        assert_eq!(volumes[name]["hostPath"]["type"].as_str(), Some("DirectoryOrCreate"), "{path}: hostPath type");
+        let mount = mounts.get(name).unwrap_or_else(|| panic!("volume {name} ({path}) is not mounted"));
+        assert_eq!(mount["mountPath"].as_str(), Some(path), "{path} is mounted elsewhere inside");
+        assert_ne!(mount["readOnly"].as_bool(), Some(true), "{path}: nodeprep creates its sockets and specs there");
+        assert!(mount["subPath"].is_null(), "{path}: a subPath would hide sockets created later");
+    }
+}
+
+/// The DeviceClass claims name selects exactly the devices of nodeprep's driver.
+#[test]
+fn the_device_class_selects_the_driver() {
+    let docs = objects();
+    let class = find(&docs, "DeviceClass", nodeprep::dra::DEFAULT_DRIVER)
+        .unwrap_or_else(|| panic!("no DeviceClass {}", nodeprep::dra::DEFAULT_DRIVER));
+    assert_eq!(class.file, "deviceclass.yaml");
+    assert_eq!(class.value["apiVersion"].as_str(), Some("resource.k8s.io/v1"), "{}: GA API", class.at());
+    let selectors = seq(&class.value["spec"]["selectors"], "DeviceClass selectors");
+    assert_eq!(selectors.len(), 1, "{}: one selector", class.at());
+    let expression = text(&selectors[0]["cel"]["expression"], "selector cel.expression");
+    // The expression, up to white space and quote style, is `device.driver == "<driver>"`.
+    let normalized: String = expression.chars().filter(|c| !c.is_whitespace()).collect::<String>().replace('\'', "\"");
+    assert_eq!(normalized, format!("device.driver==\"{}\"", nodeprep::dra::DEFAULT_DRIVER), "{}", class.at());
+    assert!(class.value["spec"]["config"].is_null(), "{}: no opaque config", class.at());
+}
+
+/// The admission policies tie writes to the agent's own node: Nodes by name, ResourceSlices by
+/// `spec.nodeName` (of the old object when deleting), both from the token's node claim, each
+/// with a binding that denies.
+#[test]
+fn the_node_policies_cover_nodes_and_resource_slices() {
+    const CLAIM: &str = "authentication.kubernetes.io/node-name";
+    let docs = objects();
+    let policies: Vec<&Doc> = docs.iter().filter(|d| d.kind() == "ValidatingAdmissionPolicy").collect();
+    let mut covered = BTreeSet::new();
+    for p in &policies {
+        assert_eq!(p.file, "nodepolicy.yaml", "{}", p.at());
+        let spec = &p.value["spec"];
+        assert_eq!(spec["failurePolicy"].as_str(), Some("Fail"), "{}: fail closed", p.at());
+        let conditions = seq(&spec["matchConditions"], "matchConditions");
+        assert!(
+            conditions.iter().any(|c| text(&c["expression"], "expression")
+                .contains(&format!("system:serviceaccount:{NAMESPACE}:nodeprep"))),
+            "{}: matches the agent's ServiceAccount",
+            p.at()
+        );
+        let validations = seq(&spec["validations"], "validations");
+        assert!(
+            validations.iter().any(|v| text(&v["expression"], "expression").contains(CLAIM)),
+            "{}: reads the token's node claim",
+            p.at()
+        );
+        for rule in seq(&spec["matchConstraints"]["resourceRules"], "resourceRules") {
+            for (g, r) in strings(&rule["apiGroups"], "apiGroups")
+                .iter()
+                .flat_map(|g| strings(&rule["resources"], "resources").into_iter().map(move |r| (g.clone(), r)))
+            {
+                covered.insert((g, r, strings(&rule["operations"], "operations")));
+            }
+        }
+        let binding = docs
+            .iter()
+            .find(|d| {
+                d.kind() == "ValidatingAdmissionPolicyBinding"
+                    && d.value["spec"]["policyName"].as_str() == Some(p.name())
+            })
+            .unwrap_or_else(|| panic!("{}: no binding", p.at()));
+        assert_eq!(
+            strings(&binding.value["spec"]["validationActions"], "validationActions"),
+            ["Deny"],
+            "{}",
+            binding.at()
+        );
+    }
+    let expect: BTreeSet<(String, String, Vec<String>)> = [
+        ("", "nodes", vec!["UPDATE", "DELETE"]),
+        ("resource.k8s.io", "resourceslices", vec!["CREATE", "UPDATE", "DELETE"]),
+    ]
+    .into_iter()
+    .map(|(g, r, ops)| (g.to_owned(), r.to_owned(), ops.into_iter().map(str::to_owned).collect()))
+    .collect();
+    assert_eq!(covered, expect, "what the policies guard");
+    // The slice policy compares spec.nodeName, and on DELETE that of the object being deleted.
+    let slices =
+        find(&docs, "ValidatingAdmissionPolicy", "nodeprep-own-resourceslices-only").expect("the slice policy");
+    let all: String = ["variables", "validations"]
+        .iter()
+        .flat_map(|k| seq(&slices.value["spec"][*k], k).iter().map(|e| text(&e["expression"], "expression").to_owned()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for needle in ["oldObject.spec.nodeName", "object.spec.nodeName", "request.operation == 'DELETE'"] {
+        assert!(all.contains(needle), "{}: no {needle}", slices.at());
+    }
 }
 
 // ---- the DaemonSet: port, probes, security, scheduling ---------------------------------------

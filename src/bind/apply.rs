@@ -45,6 +45,45 @@ pub trait Kernel {
     fn load_module(&mut self, name: &str) -> Result<(), String>;
 }
 
+impl<K: Kernel + ?Sized> Kernel for Box<K> {
+    fn write(&mut self, path: &Path, value: &str) -> std::io::Result<()> {
+        (**self).write(path, value)
+    }
+    fn load_module(&mut self, name: &str) -> Result<(), String> {
+        (**self).load_module(name)
+    }
+}
+
+/// Makes the kernel the agent writes to: [`HostKernel`] in production; a test gives a recording
+/// or simulated twin (youki's way of testing what touches the kernel), so the whole agent runs
+/// over a fixture host in-process.
+#[derive(Clone)]
+pub struct KernelFactory(std::sync::Arc<MakeKernel>);
+
+type MakeKernel = dyn Fn(&HostRoot) -> Box<dyn Kernel + Send> + Send + Sync;
+
+impl KernelFactory {
+    pub fn new(f: impl Fn(&HostRoot) -> Box<dyn Kernel + Send> + Send + Sync + 'static) -> Self {
+        KernelFactory(std::sync::Arc::new(f))
+    }
+
+    /// A kernel for one bind, Prepare or Unprepare.
+    pub fn make(&self, root: &HostRoot) -> Box<dyn Kernel + Send> {
+        (self.0)(root)
+    }
+}
+
+impl std::fmt::Debug for KernelFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelFactory")
+    }
+}
+
+/// The production factory: the real kernel under the host root.
+pub fn host_kernels() -> KernelFactory {
+    KernelFactory::new(|root: &HostRoot| Box::new(HostKernel::new(root)))
+}
+
 /// Failpoint for crash tests on a real kernel: with `NODEPREP_FAILPOINT_KILL_AFTER_WRITES=N`
 /// the process aborts (no cleanup, as under SIGKILL) right after its Nth sysfs write.
 pub const KILL_AFTER_WRITES_ENV: &str = "NODEPREP_FAILPOINT_KILL_AFTER_WRITES";

@@ -9,7 +9,7 @@ pub mod apply;
 pub mod plan;
 pub mod state;
 
-pub use apply::{Applier, ApplyError, DeviceOutcome, HostKernel, Kernel};
+pub use apply::{Applier, ApplyError, DeviceOutcome, HostKernel, Kernel, KernelFactory, host_kernels};
 pub use plan::{Action, BindPlan, RestorePlan, plan_bind, plan_unbind};
 pub use state::{State, StateGuard};
 
@@ -46,25 +46,37 @@ pub fn plan_for(root: &HostRoot, config: &Config, plugin_dir: &Path) -> Result<B
 
 /// [`plan_for`] with nodeprep's records already read: a `drivers` selector matches what a
 /// device had before nodeprep bound it.
-///
-/// The plan is made twice: the first says which IOMMU groups would be written to; only their
-/// endpoints get the bind-time probes (an exclusive open of each disk, the processes holding a
-/// character node open), whose findings the second, final plan weighs.
 fn plan_with(root: &HostRoot, config: &Config, plugin_dir: &Path, state: &State) -> Result<BindPlan, BindError> {
     let mut inv =
         host::pci::discover(root).map_err(|source| BindError::Discover { root: root.path().to_owned(), source })?;
-    let claims = config.claims_with(&inv, &state.original_drivers()).map_err(BindError::Claims)?;
+    let mut claims = config.claims_with(&inv, &state.original_drivers()).map_err(BindError::Claims)?;
+    // DRA devices at rest on their host driver are bound when a claim is prepared, not here.
+    claims.retain(|c| config.binds_at_start(c));
     // Fail closed: a checkpoint that cannot be read protects nothing, so nothing is planned.
     let allocations = host::kubelet::read_allocations(plugin_dir).map_err(BindError::Allocations)?;
+    Ok(plan_claims(root, &mut inv, config, &claims, &allocations))
+}
+
+/// Plans binding `claims` (made from `config`'s entries on `inv`) in two passes: the first says
+/// which IOMMU groups would be written to; only their endpoints get the bind-time probes (an
+/// exclusive open of each disk, the processes holding a character node open), whose findings
+/// the second, final plan weighs. Used by the config's bind and by DRA's Prepare.
+pub fn plan_claims(
+    root: &HostRoot,
+    inv: &mut crate::model::PciInventory,
+    config: &Config,
+    claims: &[crate::config::Claim],
+    allocations: &[host::kubelet::Allocation],
+) -> BindPlan {
     let vfio_loaded = root.join(crate::model::pci::VFIO_PCI_DRIVER_DIR).exists();
-    let first = plan_bind(&inv, config, &claims, &allocations, vfio_loaded);
+    let first = plan_bind(inv, config, claims, allocations, vfio_loaded);
     let candidates: Vec<crate::model::PciAddress> =
         first.groups_to_bind().values().flatten().map(|d| d.address).collect();
     if candidates.is_empty() {
-        return Ok(first);
+        return first;
     }
-    host::openers::probe(root, &mut inv, &candidates);
-    Ok(plan_bind(&inv, config, &claims, &allocations, vfio_loaded))
+    host::openers::probe(root, inv, &candidates);
+    plan_bind(inv, config, claims, allocations, vfio_loaded)
 }
 
 /// Plans and applies binding per config through `kernel`, with nodeprep's state file.

@@ -29,6 +29,15 @@
 //! cdi:
 //!   kind: nodeprep.io/vfio                # <vendor>/<class> of the CDI names
 //!   specDir: /var/run/cdi                 # optional: where the spec file goes
+//! # Devices offered through Dynamic Resource Allocation instead of a device plugin:
+//! dra:
+//!   driverName: vfio.nodeprep.io          # optional (read at start)
+//!   devices:
+//!     - resourceName: nodeprep.io/edu     # optional: derived from pci.ids when absent
+//!       atRest: host                      # host: own driver until a claim is prepared;
+//!                                         # vfio: bound to vfio-pci at start
+//!       selectors:
+//!         vendors: ["1234"]
 //! ```
 //!
 //! Loading validates everything and refuses the file as a whole, listing every problem.
@@ -106,6 +115,52 @@ pub struct Entry {
     pub bind: BindPolicy,
     /// KubeVirt's flag: an external device plugin (nodeprep) provides this resource.
     pub external_resource_provider: bool,
+    /// Which kubelet front offers the devices.
+    pub front: Front,
+}
+
+/// How an entry's devices reach pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Front {
+    /// An extended resource of a device plugin (`devices`, `pciHostDevices`).
+    #[default]
+    DevicePlugin,
+    /// A device of nodeprep's DRA driver (`dra.devices`).
+    Dra(AtRest),
+}
+
+/// The driver a DRA device has while no claim holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AtRest {
+    /// Its own driver; bound to vfio-pci when a claim is prepared, given back on unprepare.
+    #[default]
+    Host,
+    /// Bound to vfio-pci at start, as device-plugin devices are.
+    Vfio,
+}
+
+impl fmt::Display for AtRest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AtRest::Host => "host",
+            AtRest::Vfio => "vfio",
+        })
+    }
+}
+
+/// The `dra:` settings besides its entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DraSettings {
+    /// The DRA driver name: a DNS subdomain (ResourceSlices' `spec.driver`, the DeviceClass's
+    /// selector, the kubelet plugin's name).
+    pub driver_name: String,
+}
+
+impl Default for DraSettings {
+    fn default() -> Self {
+        DraSettings { driver_name: crate::dra::DEFAULT_DRIVER.to_owned() }
+    }
 }
 
 /// A counted resource: N identical units with no PCI device behind them, e.g. Kata peer pods'
@@ -170,6 +225,8 @@ pub struct Config {
     pub node_labels: NodeLabelSettings,
     /// CDI names for PCI devices ([`crate::deviceplugin::cdi`]); none: DeviceSpecs.
     pub cdi: Option<CdiSettings>,
+    /// The DRA driver's settings (its devices are the entries with [`Front::Dra`]).
+    pub dra: DraSettings,
 }
 
 /// A device an entry takes, with the resource it will be advertised under.
@@ -197,6 +254,27 @@ struct RawConfig {
     hugepages: Vec<RawHugepages>,
     node_labels: Option<RawNodeLabels>,
     cdi: Option<RawCdi>,
+    dra: Option<RawDra>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawDra {
+    driver_name: Option<String>,
+    #[serde(default)]
+    devices: Vec<RawDraDevice>,
+    #[serde(flatten)]
+    unknown: BTreeMap<String, serde_yaml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawDraDevice {
+    resource_name: Option<String>,
+    at_rest: Option<String>,
+    selectors: Option<RawSelectors>,
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_yaml::Value>,
 }
@@ -343,7 +421,7 @@ impl Config {
         unknown_keys(
             "config",
             &raw.unknown,
-            "pciHostDevices, permittedHostDevices, devices, countedResources, hugepages, nodeLabels, cdi",
+            "pciHostDevices, permittedHostDevices, devices, countedResources, hugepages, nodeLabels, cdi, dra",
             &mut problems,
         );
 
@@ -397,6 +475,7 @@ impl Config {
                 resource_name,
                 bind,
                 external_resource_provider: d.external_resource_provider,
+                front: Front::DevicePlugin,
             });
         }
 
@@ -409,24 +488,14 @@ impl Config {
                     problems.push(format!("{at}: resourceName: {e}"));
                 }
             }
-            let before = problems.len();
-            let selector = match d.selectors {
-                Some(s) => parse_selectors(&at, s, &mut problems),
-                None => {
-                    problems.push(format!("{at}: selectors is required (vendors, devices, classes, drivers, pciAddresses, pfNames, numaNodes)"));
-                    Selector::default()
-                }
-            };
-            // (An entry whose selectors were all invalid is already reported.)
-            if selector.is_empty() && problems.len() == before {
-                problems.push(format!("{at}: selectors select nothing in particular: name at least one of vendors, devices, classes, drivers, pciAddresses, pfNames"));
-            }
+            let selector = required_selectors(&at, d.selectors, &mut problems);
             entries.push(Entry {
                 name: EntryName(at),
                 selector,
                 resource_name: d.resource_name,
                 bind,
                 external_resource_provider: d.external_resource_provider,
+                front: Front::DevicePlugin,
             });
         }
 
@@ -460,6 +529,7 @@ impl Config {
             counted.push(CountedResource { resource_name: name, count, device_path: c.device_path });
         }
 
+        let dra = parse_dra(raw.dra, &mut entries, &mut problems);
         let hugepages = parse_hugepage_reservations(raw.hugepages, &mut problems);
         let node_labels = parse_node_labels(raw.node_labels, &mut problems);
         let cdi = raw.cdi.and_then(|c| parse_cdi(c, &mut problems));
@@ -487,7 +557,7 @@ impl Config {
             }
         }
         if problems.is_empty() {
-            Ok(Config { entries, counted, hugepages, node_labels, cdi })
+            Ok(Config { entries, counted, hugepages, node_labels, cdi, dra })
         } else {
             Err(ParseError::Invalid(problems))
         }
@@ -508,8 +578,17 @@ impl Config {
         for (i, e) in self.entries.iter().enumerate() {
             for d in inv.devices.iter().filter(|d| e.selector.matches_with(d, inv, original)) {
                 if let Some(first) = owner.insert(d.address, i) {
+                    let fronts = (self.entries[first].front, e.front);
+                    let how = if matches!(
+                        fronts,
+                        (Front::Dra(_), Front::Dra(_)) | (Front::DevicePlugin, Front::DevicePlugin)
+                    ) {
+                        ""
+                    } else {
+                        " (a device is offered either by a device plugin or through DRA, not both)"
+                    };
                     problems.push(format!(
-                        "{} is claimed by both {} and {}: narrow one of the selectors",
+                        "{} is claimed by both {} and {}{how}: narrow one of the selectors",
                         d.address, self.entries[first].name, e.name
                     ));
                     continue;
@@ -518,7 +597,39 @@ impl Config {
                 claims.push(Claim { address: d.address, entry: i, resource_name });
             }
         }
+        // An IOMMU group is handed out whole, so it is offered one way only: a group whose
+        // functions are split between a device plugin and DRA (or DRA at rest on two drivers)
+        // would be bound for one and given back by the other.
+        let mut by_group: BTreeMap<u32, (Front, &Claim)> = BTreeMap::new();
+        for c in &claims {
+            let Some(g) = inv.device(&c.address).and_then(|d| d.iommu_group) else { continue };
+            let front = self.entries[c.entry].front;
+            match by_group.get(&g) {
+                Some((f, first)) if *f != front => problems.push(format!(
+                    "IOMMU group {g} holds {} of {} and {} of {}: a group goes to pods whole, so all of it must be offered one way (device plugin, or DRA with one atRest)",
+                    first.address, self.entries[first.entry].name, c.address, self.entries[c.entry].name
+                )),
+                Some(_) => {}
+                None => {
+                    by_group.insert(g, (front, c));
+                }
+            }
+        }
         if problems.is_empty() { Ok(claims) } else { Err(problems) }
+    }
+}
+
+impl Config {
+    /// How `claim`'s device reaches pods.
+    pub fn front(&self, claim: &Claim) -> Front {
+        self.entries.get(claim.entry).map(|e| e.front).unwrap_or_default()
+    }
+
+    /// Pure: whether `claim`'s device is bound to vfio-pci at start (device plugins' entries,
+    /// and DRA entries with `atRest: vfio`); DRA devices at rest on their host driver are bound
+    /// only when a claim is prepared.
+    pub fn binds_at_start(&self, claim: &Claim) -> bool {
+        !matches!(self.front(claim), Front::Dra(AtRest::Host))
     }
 }
 
@@ -607,6 +718,83 @@ fn parse_hugepage_reservations(raw: Vec<RawHugepages>, problems: &mut Vec<String
         out.push((at, r));
     }
     out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// An entry's `selectors`, which must be there and select something in particular.
+fn required_selectors(at: &str, raw: Option<RawSelectors>, problems: &mut Vec<String>) -> Selector {
+    let before = problems.len();
+    let selector = match raw {
+        Some(s) => parse_selectors(at, s, problems),
+        None => {
+            problems.push(format!(
+                "{at}: selectors is required (vendors, devices, classes, drivers, pciAddresses, pfNames, numaNodes)"
+            ));
+            Selector::default()
+        }
+    };
+    // (An entry whose selectors were all invalid is already reported.)
+    if selector.is_empty() && problems.len() == before {
+        problems.push(format!("{at}: selectors select nothing in particular: name at least one of vendors, devices, classes, drivers, pciAddresses, pfNames"));
+    }
+    selector
+}
+
+/// Pure: why `name` is not a DRA driver name (a DNS subdomain of at most 63 characters, as
+/// `spec.driver` requires), if it is not.
+pub fn driver_name_problem(name: &str) -> Option<String> {
+    let label_ok = |l: &str| {
+        let b = l.as_bytes();
+        !b.is_empty()
+            && b.first().is_some_and(u8::is_ascii_alphanumeric)
+            && b.last().is_some_and(u8::is_ascii_alphanumeric)
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    };
+    if name.is_empty() || name.len() > 63 || !name.split('.').all(label_ok) {
+        return Some(format!(
+            "{name:?} is not a DNS subdomain of at most 63 characters (lower-case letters, digits, '-' and '.'), like vfio.nodeprep.io"
+        ));
+    }
+    None
+}
+
+/// The `dra:` section: its settings, and its device entries appended to `entries`.
+fn parse_dra(raw: Option<RawDra>, entries: &mut Vec<Entry>, problems: &mut Vec<String>) -> DraSettings {
+    let mut settings = DraSettings::default();
+    let Some(raw) = raw else { return settings };
+    unknown_keys("dra", &raw.unknown, "driverName, devices", problems);
+    if let Some(name) = raw.driver_name {
+        match driver_name_problem(&name) {
+            Some(p) => problems.push(format!("dra: driverName: {p}")),
+            None => settings.driver_name = name,
+        }
+    }
+    for (i, d) in raw.devices.into_iter().enumerate() {
+        let at = format!("dra.devices[{i}]");
+        unknown_keys(&at, &d.unknown, "resourceName, atRest, selectors", problems);
+        if let Some(r) = &d.resource_name {
+            if let Err(e) = validate_resource_name(r) {
+                problems.push(format!("{at}: resourceName: {e}"));
+            }
+        }
+        let at_rest = match d.at_rest.as_deref() {
+            None | Some("host") => AtRest::Host,
+            Some("vfio") => AtRest::Vfio,
+            Some(other) => {
+                problems.push(format!("{at}: atRest: {other:?} is not \"host\" or \"vfio\""));
+                AtRest::Host
+            }
+        };
+        let selector = required_selectors(&at, d.selectors, problems);
+        entries.push(Entry {
+            name: EntryName(at),
+            selector,
+            resource_name: d.resource_name,
+            bind: BindPolicy::VfioPci,
+            external_resource_provider: false,
+            front: Front::Dra(at_rest),
+        });
+    }
+    settings
 }
 
 fn parse_cdi(raw: RawCdi, problems: &mut Vec<String>) -> Option<CdiSettings> {

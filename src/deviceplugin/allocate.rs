@@ -30,7 +30,7 @@
 //! reflects sysfs as it was after its request arrived, and a burst of Allocates for one device
 //! costs one read instead of one per request.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
@@ -39,125 +39,16 @@ use tonic::Status;
 
 use super::api::{AllocateRequest, AllocateResponse, CdiDevice, ContainerAllocateResponse, DeviceSpec};
 use super::cdi::{self, CdiSpec};
-use super::devices::VFIO_PCI;
+pub use crate::grant::{IOMMUFD, VFIO_CONTAINER, VfioDevice, VfioHost, cdev_node, kubevirt_env_name, sriov_env_name};
 use crate::host::HostRoot;
 use crate::host::kubelet::Allocation;
-use crate::host::root::{link_name, list_dir, read_attr};
+pub use crate::host::vfio::{read_vfio_device, read_vfio_host};
 use crate::model::PciAddress;
-use crate::model::pci::is_bridge_class;
 
-/// The VFIO container node every vfio user opens.
-pub const VFIO_CONTAINER: &str = "/dev/vfio/vfio";
-/// The iommufd node.
-pub const IOMMUFD: &str = "/dev/iommu";
 /// Cgroup device permissions for vfio nodes (KubeVirt's choice).
 pub const VFIO_PERMISSIONS: &str = "mrw";
 /// Cgroup device permissions for a counted resource's device node.
 pub const COUNTED_PERMISSIONS: &str = "rw";
-
-const DEVICES_DIR: &str = "sys/bus/pci/devices";
-const GROUPS_DIR: &str = "sys/kernel/iommu_groups";
-
-/// One device as Allocate found it just now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VfioDevice {
-    pub address: PciAddress,
-    /// Its IOMMU group, read from the `iommu_group` link at Allocate time.
-    pub group: u32,
-    /// The group is a no-IOMMU group (`vfio-noiommu`).
-    pub no_iommu: bool,
-    /// Its VFIO character device (`vfio0`), when the kernel made one and `/dev/vfio/devices/`
-    /// has it.
-    pub cdev: Option<String>,
-    /// The other endpoints of its IOMMU group (bridges aside): with any, the group must not go
-    /// to two containers.
-    pub peers: Vec<String>,
-}
-
-impl VfioDevice {
-    /// The group's node as the kubelet sees it: `/dev/vfio/7` or `/dev/vfio/noiommu-7`.
-    pub fn group_node(&self) -> String {
-        if self.no_iommu { format!("/dev/vfio/noiommu-{}", self.group) } else { format!("/dev/vfio/{}", self.group) }
-    }
-}
-
-/// What the host offers every device: read once per Allocate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct VfioHost {
-    /// `/dev/vfio/vfio` exists.
-    pub container: bool,
-    /// `/dev/iommu` exists (iommufd).
-    pub iommufd: bool,
-}
-
-/// Reads the host's vfio nodes under the host root.
-pub fn read_vfio_host(root: &HostRoot) -> VfioHost {
-    VfioHost { container: root.exists(VFIO_CONTAINER), iommufd: root.exists(IOMMUFD) }
-}
-
-/// Reads one device now and says whether a VM can use it: present, on vfio-pci, every endpoint of
-/// its IOMMU group on vfio-pci, the group's node in `/dev/vfio`. The error says why not, in words.
-pub fn read_vfio_device(root: &HostRoot, host: &VfioHost, address: PciAddress) -> Result<VfioDevice, String> {
-    let dir = root.join(DEVICES_DIR).join(address.to_string());
-    let driver = match link_name(&dir.join("driver")) {
-        Ok(d) => Some(d),
-        Err(e) if e.is_not_found() => {
-            if !dir.exists() {
-                return Err("the device is no longer present".into());
-            }
-            None
-        }
-        Err(e) => return Err(format!("cannot read its driver: {e}")),
-    };
-    match driver.as_deref() {
-        Some(VFIO_PCI) => {}
-        Some(other) => return Err(format!("it is bound to {other}, not vfio-pci")),
-        None => return Err("it is bound to no driver, not vfio-pci".into()),
-    }
-    let group = match link_name(&dir.join("iommu_group")) {
-        Ok(g) => g.parse::<u32>().map_err(|_| format!("its iommu_group link names {g:?}, not a group number"))?,
-        Err(e) if e.is_not_found() => return Err("it has no IOMMU group (is the IOMMU on?)".into()),
-        Err(e) => return Err(format!("cannot read its IOMMU group: {e}")),
-    };
-    let group_dir = format!("{GROUPS_DIR}/{group}");
-    let members = root.list_dir(format!("{group_dir}/devices")).map_err(|e| format!("IOMMU group {group}: {e}"))?;
-    let mut off = Vec::new();
-    let mut peers = Vec::new();
-    for m in members.iter().filter(|m| **m != address.to_string()) {
-        let mdir = root.join(DEVICES_DIR).join(m);
-        let class =
-            read_attr(&mdir.join("class")).ok().and_then(|c| u32::from_str_radix(c.trim_start_matches("0x"), 16).ok());
-        if class.is_some_and(is_bridge_class) {
-            continue;
-        }
-        peers.push(m.clone());
-        match link_name(&mdir.join("driver")) {
-            Ok(d) if d == VFIO_PCI => {}
-            Ok(d) => off.push(format!("{m} ({d})")),
-            Err(_) => off.push(format!("{m} (no driver)")),
-        }
-    }
-    if !off.is_empty() {
-        return Err(format!("IOMMU group {group} is not viable: {} not on vfio-pci", off.join(", ")));
-    }
-    let no_iommu =
-        root.read_optional(format!("{group_dir}/name")).ok().flatten().is_some_and(|n| n.trim() == "vfio-noiommu");
-    let mut dev = VfioDevice { address, group, no_iommu, cdev: None, peers };
-    if !host.container {
-        return Err(format!("{VFIO_CONTAINER} does not exist on the host (is the vfio module loaded?)"));
-    }
-    let node = dev.group_node();
-    if !root.exists(&node) {
-        return Err(format!("its IOMMU group's node {node} does not exist on the host"));
-    }
-    if host.iommufd {
-        dev.cdev = list_dir(&dir.join("vfio-dev"))
-            .unwrap_or_default()
-            .into_iter()
-            .find(|n| n.starts_with("vfio") && root.exists(format!("dev/vfio/devices/{n}")));
-    }
-    Ok(dev)
-}
 
 /// One read and when it started.
 #[derive(Debug, Clone)]
@@ -221,21 +112,6 @@ impl SharedReads {
     }
 }
 
-/// Pure: `PCI_RESOURCE_<NAME>`, the variable KubeVirt's virt-launcher reads: the resource name
-/// upper-cased, `/` and `.` turned into `_`, `-` kept.
-/// `nvidia.com/TU104GL_Tesla_T4` gives `PCI_RESOURCE_NVIDIA_COM_TU104GL_TESLA_T4`.
-pub fn kubevirt_env_name(resource_name: &str) -> String {
-    format!("PCI_RESOURCE_{}", resource_name.to_ascii_uppercase().replace(['/', '.'], "_"))
-}
-
-/// Pure: `PCIDEVICE_<NAME>`, the SR-IOV network device plugin's variable, named as
-/// [`kubevirt_env_name`] is: upper-cased, `/` and `.` to `_`, `-` kept (the SR-IOV plugin,
-/// KubeVirt's SR-IOV reader and OVN-Kubernetes all compute it so; `intel.com/qat-vf` gives
-/// `PCIDEVICE_INTEL_COM_QAT-VF`). Its `_INFO` companion appends `_INFO`.
-pub fn sriov_env_name(resource_name: &str) -> String {
-    format!("PCIDEVICE_{}", resource_name.to_ascii_uppercase().replace(['/', '.'], "_"))
-}
-
 fn spec(path: &str, permissions: &str) -> DeviceSpec {
     DeviceSpec { container_path: path.to_owned(), host_path: path.to_owned(), permissions: permissions.to_owned() }
 }
@@ -249,24 +125,7 @@ pub fn container_response(
     host: &VfioHost,
     cdi_kind: Option<&str>,
 ) -> ContainerAllocateResponse {
-    let addresses: Vec<String> = devices.iter().map(|d| d.address.to_string()).collect();
-    let joined = addresses.join(",");
-    let info: BTreeMap<String, serde_json::Value> = devices
-        .iter()
-        .map(|d| {
-            let a = d.address.to_string();
-            let v = serde_json::json!({
-                "generic": { "deviceID": a },
-                "vfio": { "mount": VFIO_CONTAINER, "dev-mount": d.group_node() },
-            });
-            (a, v)
-        })
-        .collect();
-    let sriov = sriov_env_name(resource_name);
-    let mut envs = HashMap::new();
-    envs.insert(kubevirt_env_name(resource_name), joined.clone());
-    envs.insert(format!("{sriov}_INFO"), serde_json::Value::from(serde_json::Map::from_iter(info)).to_string());
-    envs.insert(sriov, joined);
+    let envs: HashMap<String, String> = crate::grant::env(resource_name, devices).into_iter().collect();
     match cdi_kind {
         Some(kind) => ContainerAllocateResponse {
             envs,
@@ -275,31 +134,10 @@ pub fn container_response(
         },
         None => ContainerAllocateResponse {
             envs,
-            devices: device_paths(devices, host).iter().map(|p| spec(p, VFIO_PERMISSIONS)).collect(),
+            devices: crate::grant::device_nodes(devices, host).iter().map(|p| spec(p, VFIO_PERMISSIONS)).collect(),
             ..Default::default()
         },
     }
-}
-
-/// Pure: the device's VFIO character device node (`/dev/vfio/devices/vfio0`), handed out only
-/// when the host has iommufd.
-pub fn cdev_node(device: &VfioDevice, host: &VfioHost) -> Option<String> {
-    device.cdev.as_ref().filter(|_| host.iommufd).map(|c| format!("/dev/vfio/devices/{c}"))
-}
-
-/// Pure: the nodes a container opens for these devices, each once: the container, the groups'
-/// nodes, then with iommufd `/dev/iommu` and the devices' character devices.
-fn device_paths(devices: &[VfioDevice], host: &VfioHost) -> Vec<String> {
-    let mut paths: Vec<String> = vec![VFIO_CONTAINER.to_owned()];
-    paths.extend(devices.iter().map(VfioDevice::group_node));
-    let cdevs: Vec<String> = devices.iter().filter_map(|d| cdev_node(d, host)).collect();
-    if !cdevs.is_empty() {
-        paths.push(IOMMUFD.to_owned());
-        paths.extend(cdevs);
-    }
-    let mut seen = std::collections::HashSet::new();
-    paths.retain(|p| seen.insert(p.clone()));
-    paths
 }
 
 /// Pure: what a container gets for devices of a counted resource: the device node, if any.

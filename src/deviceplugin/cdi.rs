@@ -27,15 +27,14 @@ use std::sync::{Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use super::allocate::{IOMMUFD, VFIO_CONTAINER, VfioDevice, VfioHost, cdev_node};
+use crate::grant::{VFIO_CONTAINER, VfioDevice, VfioHost};
 use crate::host::HostRoot;
 
 /// Where runtimes look for specs generated at run time.
 pub const DEFAULT_SPEC_DIR: &str = "/var/run/cdi";
 /// `hostPath` in device nodes needs CDI 0.5.0.
 pub const CDI_VERSION: &str = "0.5.0";
-/// Cgroup permissions in CDI's spelling.
-pub const CDI_PERMISSIONS: &str = "rwm";
+pub use crate::grant::CDI_PERMISSIONS;
 
 /// Writing the spec file.
 #[derive(Debug, thiserror::Error)]
@@ -93,24 +92,7 @@ pub fn spec_file_name(kind: &str) -> String {
     format!("{}.json", kind.replace('/', "-"))
 }
 
-/// One device node in a CDI spec.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeviceNode {
-    pub path: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_path: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub permissions: Option<String>,
-}
-
-/// Edits a CDI device or spec makes to the container.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ContainerEdits {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub device_nodes: Vec<DeviceNode>,
-}
+pub use crate::grant::{ContainerEdits, DeviceNode};
 
 /// One device of a spec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,19 +112,10 @@ pub struct Spec {
     pub container_edits: ContainerEdits,
 }
 
-fn node(path: &str) -> DeviceNode {
-    DeviceNode { path: path.to_owned(), host_path: Some(path.to_owned()), permissions: Some(CDI_PERMISSIONS.into()) }
-}
-
 /// Pure: what one device adds to a container: its group's node, and with iommufd `/dev/iommu`
 /// and its VFIO character device.
 pub fn device_edits(device: &VfioDevice, host: &VfioHost) -> ContainerEdits {
-    let mut nodes = vec![node(&device.group_node())];
-    if let Some(c) = cdev_node(device, host) {
-        nodes.push(node(IOMMUFD));
-        nodes.push(node(&c));
-    }
-    ContainerEdits { device_nodes: nodes }
+    crate::grant::cdi_edits(&crate::grant::own_nodes(device, host), &BTreeMap::new())
 }
 
 /// Pure: the spec for `kind` with these devices' edits (by device name), sorted by name.
@@ -154,7 +127,7 @@ pub fn spec(kind: &str, devices: &BTreeMap<String, ContainerEdits>) -> Spec {
             .iter()
             .map(|(name, edits)| CdiDevice { name: name.clone(), container_edits: edits.clone() })
             .collect(),
-        container_edits: ContainerEdits { device_nodes: vec![node(VFIO_CONTAINER)] },
+        container_edits: crate::grant::cdi_edits(&[VFIO_CONTAINER.to_owned()], &BTreeMap::new()),
     }
 }
 

@@ -118,14 +118,17 @@ pub fn deadline_after(now: Instant, delay: Duration) -> Instant {
     now.checked_add(delay).or_else(|| now.checked_add(FAR_FUTURE)).unwrap_or(now)
 }
 
-/// Pure: the devices the config gives each resource on this inventory; the problems when the
-/// config's entries claim a device twice.
+/// Pure: the devices the config gives each device-plugin resource on this inventory (DRA's
+/// devices aside); the problems when the config's entries claim a device twice.
 pub fn devices_for(
     inv: &PciInventory,
     config: &Config,
     original: &crate::config::OriginalDrivers,
 ) -> Result<ResourceDevices, Vec<String>> {
-    config.claims_with(inv, original).map(|claims| resource_devices(inv, &claims))
+    let claims = config.claims_with(inv, original)?;
+    let plugin_claims: Vec<_> =
+        claims.into_iter().filter(|c| config.front(c) == crate::config::Front::DevicePlugin).collect();
+    Ok(resource_devices(inv, &plugin_claims))
 }
 
 /// Counters for `/metrics`. Every field only grows, except `last_scan_micros`.

@@ -14,5 +14,6 @@ pub mod root;
 pub mod system;
 pub mod uevent;
 pub mod usage;
+pub mod vfio;
 
 pub use root::{HostError, HostRoot};

@@ -1,0 +1,216 @@
+//! nodeprep's DRA driver with the upstream components (built from source, `support::k8s`): its
+//! ResourceSlices and DeviceClass in the real API server, a pod's ResourceClaimTemplate
+//! allocated by the real scheduler and prepared through the real kubelet's DRA manager, the CDI
+//! ids the runtime (upstream's CRI fake) was handed, the whole IOMMU group bound and given back
+//! on the simulated kernel, a claim for a device the host uses refused with the reason, and a
+//! kubelet restart with a prepared claim changing nothing.
+//!
+//! The agent runs in this process (`nodeprep::agent::run`) so that its sysfs writes go to the
+//! simulated kernel (`support::kernel_sim`) over the fixture host instead of being plain file
+//! writes; everything else is the agent as it ships.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nodeprep::host::HostRoot;
+use serde_json::{Value, json};
+use support::k8s::{Cluster, NODE, Spec};
+use support::kernel_sim::KernelSim;
+use support::machines::intel::{GPU_B, GPU_B_AUDIO, NVME};
+
+const DRIVER: &str = "vfio.nodeprep.io";
+const WAIT: Duration = Duration::from_secs(60);
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn config() -> String {
+    format!(
+        "dra:\n  devices:\n    - resourceName: nvidia.com/quadro\n      selectors: {{pciAddresses: [\"{GPU_B}\"]}}\n    - resourceName: nodeprep.io/nvme\n      selectors: {{pciAddresses: [\"{NVME}\"]}}\n"
+    )
+}
+
+/// The agent, in-process, over the simulated kernel.
+struct InProcessAgent {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl InProcessAgent {
+    fn start(root: &Path, config: &Path, kubeconfig: &Path, c: &Cluster) -> InProcessAgent {
+        let base = KernelSim::at(root);
+        let kernel = nodeprep::bind::KernelFactory::new(move |_root: &HostRoot| Box::new(base.restarted()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (root, config, kubeconfig) = (root.to_owned(), config.to_owned(), kubeconfig.to_owned());
+        let (plugin_dir, kubelet_dir) = (c.plugin_dir(), c.kubelet_root.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let source = nodeprep::cluster::Source::Kubeconfig(kubeconfig);
+                let client = nodeprep::cluster::connect(&source).await.map_err(|e| e.to_string())?;
+                let opts = nodeprep::agent::AgentOptions {
+                    root: HostRoot::new(&root),
+                    config_path: config,
+                    plugin_dir: Some(plugin_dir),
+                    bind: true,
+                    rescan_interval: Duration::from_secs(3600),
+                    listen: support::agent::free_port(),
+                    cluster: Some(nodeprep::agent::ClusterOptions {
+                        client,
+                        labeler: nodeprep::cluster::node::LabelerOptions::new(NODE),
+                    }),
+                    kubelet_dir: Some(kubelet_dir),
+                    kernel,
+                };
+                nodeprep::agent::run(opts, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .map_err(|e| e.to_string())
+            })
+        });
+        InProcessAgent { stop: Some(stop), thread: Some(thread) }
+    }
+}
+
+impl Drop for InProcessAgent {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn driver_of(root: &Path, addr: &str) -> Option<String> {
+    std::fs::read_link(root.join(format!("sys/bus/pci/devices/{addr}/driver")))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
+fn slices(c: &Cluster) -> Vec<Value> {
+    let out = c.kubectl_ok(&["get", "resourceslices", "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).expect("resourceslices JSON");
+    v["items"].as_array().cloned().unwrap_or_default().into_iter().filter(|s| s["spec"]["driver"] == DRIVER).collect()
+}
+
+fn slice_devices(c: &Cluster) -> Vec<Value> {
+    slices(c).iter().flat_map(|s| s["spec"]["devices"].as_array().cloned().unwrap_or_default()).collect()
+}
+
+fn template(name: &str, resource: &str) -> Value {
+    json!({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaimTemplate",
+    "metadata": {"name": name, "namespace": "default"},
+    "spec": {"spec": {"devices": {"requests": [{"name": "vm", "exactly": {
+        "deviceClassName": DRIVER,
+        "selectors": [{"cel": {"expression": format!("device.attributes[\"{DRIVER}\"].resourceName == \"{resource}\"")}}]
+    }}]}}}})
+}
+
+fn claim_pod(name: &str, template: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+        "spec": {"automountServiceAccountToken": false, "terminationGracePeriodSeconds": 0,
+            "resourceClaims": [{"name": "dev", "resourceClaimTemplateName": template}],
+            "containers": [{"name": "compute", "image": "example.invalid/virt-launcher:1",
+                "resources": {"claims": [{"name": "dev"}]}}]}})
+}
+
+fn phase(c: &Cluster, pod: &str) -> Option<String> {
+    c.object(&format!("/api/v1/namespaces/default/pods/{pod}"))
+        .and_then(|p| p["status"]["phase"].as_str().map(str::to_owned))
+}
+
+fn pod_events(c: &Cluster, pod: &str) -> Vec<String> {
+    let out = c.kubectl_ok(&["get", "events", "-n", "default", "-o", "json"]);
+    let v: Value = serde_json::from_str(&out).expect("events JSON");
+    v["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["involvedObject"]["name"] == pod)
+        .map(|e| format!("{}: {}", e["reason"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or("")))
+        .collect()
+}
+
+#[test]
+fn a_claim_is_allocated_prepared_bound_and_given_back_through_the_real_kubelet() {
+    let mut c = Cluster::start(Spec { kubelet: true, controllers: true });
+    c.kubectl_ok(&["apply", "-k", &repo("daemonset").display().to_string()]);
+    // The DaemonSet itself would run a second agent in the fake runtime: this test is the agent.
+    c.kubectl_ok(&["-n", "nodeprep", "delete", "daemonset", "nodeprep"]);
+    let kubeconfig = c.pod_bound_kubeconfig("nodeprep", "nodeprep", NODE);
+    let tree = support::intel_gpu_server();
+    let root = tree.root().to_owned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config_path = dir.path().join("config.yaml");
+    std::fs::write(&config_path, config()).expect("config");
+    let agent = InProcessAgent::start(&root, &config_path, &kubeconfig, &c);
+
+    // The real API server holds the pool: the GPU with its audio function as one device, and
+    // the NVMe disk; both with the standard attributes.
+    let gpu = nodeprep::dra::devices::device_name(&GPU_B.parse().expect("address"));
+    let nvme = nodeprep::dra::devices::device_name(&NVME.parse().expect("address"));
+    let devices = c.wait_for("the ResourceSlice", WAIT, |c| {
+        let d = slice_devices(c);
+        (d.len() == 2).then_some(d)
+    });
+    let by_name = |n: &str| devices.iter().find(|d| d["name"] == n).cloned().expect("device in slice");
+    let g = by_name(&gpu);
+    assert_eq!(g["attributes"]["resource.kubernetes.io/pciBusID"]["string"], GPU_B, "{g}");
+    assert_eq!(g["attributes"]["iommuGroupSize"]["int"], 2, "{g}");
+    assert_eq!(g["attributes"]["hostDriver"]["string"], "nouveau", "{g}");
+    assert_eq!(by_name(&nvme)["attributes"]["resourceName"]["string"], "nodeprep.io/nvme");
+    let s = &slices(&c)[0];
+    assert_eq!(s["spec"]["nodeName"], NODE);
+    assert_eq!(s["metadata"]["ownerReferences"][0]["kind"], "Node", "{s}");
+    assert_eq!(driver_of(&root, GPU_B).as_deref(), Some("nouveau"), "at rest on its own driver");
+
+    // A pod with a claim template: allocated by the scheduler, prepared by the kubelet through
+    // nodeprep, started with the CDI ids.
+    c.create(&json!({"apiVersion": "v1", "kind": "List", "items": [template("gpu", "nvidia.com/quadro"), claim_pod("vm-gpu", "gpu")]}));
+    c.wait_for("vm-gpu Running", WAIT, |c| (phase(c, "vm-gpu").as_deref() == Some("Running")).then_some(()));
+    assert_eq!(driver_of(&root, GPU_B).as_deref(), Some("vfio-pci"));
+    assert_eq!(driver_of(&root, GPU_B_AUDIO).as_deref(), Some("vfio-pci"), "the whole group is bound");
+    let created = c.created_containers();
+    let record = created
+        .iter()
+        .map(Value::to_string)
+        .find(|t| t.contains(&format!("{DRIVER}/pci=")))
+        .unwrap_or_else(|| panic!("no CreateContainer with nodeprep's CDI ids: {created:?}"));
+    assert!(record.contains(&gpu), "{record}");
+    assert!(record.contains(&format!("{DRIVER}/metadata=")), "{record}");
+
+    // A claim for the disk the host boots from: refused, with the reason on the pod.
+    c.create(&json!({"apiVersion": "v1", "kind": "List", "items": [template("disk", "nodeprep.io/nvme"), claim_pod("vm-disk", "disk")]}));
+    let why = c.wait_for("vm-disk refused", WAIT, |c| {
+        pod_events(c, "vm-disk").into_iter().find(|e| e.contains("the host uses it"))
+    });
+    assert!(why.contains(NVME), "{why}");
+    assert_eq!(driver_of(&root, NVME).as_deref(), Some("nvme"));
+    assert_ne!(phase(&c, "vm-disk").as_deref(), Some("Running"));
+
+    // The kubelet restarts with a prepared claim: nothing changes; the slices it wipes at
+    // start come back.
+    c.kill_kubelet();
+    c.start_kubelet();
+    c.wait_node_ready();
+    c.wait_for("the slices again", WAIT, |c| (slice_devices(c).len() == 2).then_some(()));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(phase(&c, "vm-gpu").as_deref(), Some("Running"));
+    assert_eq!(driver_of(&root, GPU_B).as_deref(), Some("vfio-pci"));
+
+    // The pod goes: the claim is unprepared, the functions go back to their drivers.
+    c.kubectl_ok(&["delete", "pod", "vm-gpu", "--wait=false"]);
+    c.wait_for("the GPU back on nouveau", WAIT, |_| {
+        (driver_of(&root, GPU_B).as_deref() == Some("nouveau")
+            && driver_of(&root, GPU_B_AUDIO).as_deref() == Some("snd_hda_intel"))
+        .then_some(())
+    });
+    drop(agent);
+}
