@@ -139,7 +139,7 @@ fn device(inv: &PciInventory, config: &Config, claim: &Claim, group: Option<u32>
     let (healthy, problem) = health(inv, d, group, &functions, at_rest, cx);
     let mut attributes = BTreeMap::new();
     if let Some(d) = d {
-        attributes = attributes_of(inv, d, &functions, at_rest, &claim.resource_name, cx);
+        attributes = attributes_of(d, &functions, at_rest, &claim.resource_name, cx);
     }
     DraDevice {
         name: device_name(&primary),
@@ -189,7 +189,6 @@ fn hex4(v: Option<u16>) -> Option<AttrValue> {
 }
 
 fn attributes_of(
-    inv: &PciInventory,
     d: &PciDevice,
     functions: &[PciAddress],
     at_rest: AtRest,
@@ -226,14 +225,14 @@ fn attributes_of(
     put("sriov", s(sriov));
     put("physfn", d.physfn.map(|p| AttrValue::String(p.to_string())));
     put("atRest", s(&at_rest.to_string()));
-    put("hostDriver", host_driver(inv, d, cx).as_deref().and_then(s));
+    put("hostDriver", host_driver(d, cx).as_deref().and_then(s));
     put("resourceName", s(resource_name));
     a
 }
 
 /// The driver the device goes back to: the one it had before nodeprep bound it, or the one it
 /// has now when that is not vfio-pci.
-fn host_driver(_inv: &PciInventory, d: &PciDevice, cx: &Context<'_>) -> Option<String> {
+fn host_driver(d: &PciDevice, cx: &Context<'_>) -> Option<String> {
     match cx.original.and_then(|o| o.get(&d.address)) {
         Some(recorded) => recorded.clone(),
         None => d.driver.clone().filter(|x| x != VFIO_PCI),

@@ -213,20 +213,21 @@ fn offered(
     let claims = config
         .claims_with(&inv, &original)
         .map_err(|p| format!("the config is refused on this host: {}", p.join("; ")))?;
-    let roots = read_pcie_roots(root, &inv);
+    let roots = read_pcie_roots(root, config, &claims);
     let cx = Context { original: Some(&original), pcie_roots: Some(&roots), prepared: Some(prepared) };
     let devices = dra_devices(&inv, config, &claims, &cx);
     Ok((inv, devices))
 }
 
-/// Reads each function's PCIe root from its `sys/bus/pci/devices` link (the edge of
-/// [`super::devices::pcie_root_of`]).
-pub fn read_pcie_roots(root: &HostRoot, inv: &PciInventory) -> BTreeMap<PciAddress, String> {
-    inv.devices
+/// Reads the PCIe root of each function DRA offers from its `sys/bus/pci/devices` link (the edge
+/// of [`super::devices::pcie_root_of`]); only those, so a rescan of a big host reads a few links.
+pub fn read_pcie_roots(root: &HostRoot, config: &Config, claims: &[Claim]) -> BTreeMap<PciAddress, String> {
+    claims
         .iter()
-        .filter_map(|d| {
-            let link = std::fs::read_link(root.join(format!("sys/bus/pci/devices/{}", d.address))).ok()?;
-            Some((d.address, super::devices::pcie_root_of(&link.to_string_lossy())?))
+        .filter(|c| matches!(config.front(c), Front::Dra(_)))
+        .filter_map(|c| {
+            let link = std::fs::read_link(root.join(format!("sys/bus/pci/devices/{}", c.address))).ok()?;
+            Some((c.address, super::devices::pcie_root_of(&link.to_string_lossy())?))
         })
         .collect()
 }
@@ -522,8 +523,8 @@ pub fn reconcile<K: Kernel>(
     Ok(out)
 }
 
-/// The device-plugin directory's checkpoint path is passed as a directory; this keeps the
-/// signature honest for callers that hold a `Path`.
+/// [`Settings`] from the driver name, the node (pool), the CDI directory, the plugin's data
+/// directory (host paths) and the kubelet's device-plugin directory (under the host root).
 pub fn settings_for(driver: &str, node: &str, cdi_dir: &str, data_dir: &str, device_plugin_dir: &Path) -> Settings {
     Settings {
         driver: driver.to_owned(),
@@ -568,7 +569,7 @@ pub fn offered_in(root: &HostRoot, inv: &PciInventory, config: &Config) -> Resul
     let claims = config
         .claims_with(inv, &original)
         .map_err(|p| format!("the config is refused on this host: {}", p.join("; ")))?;
-    let roots = read_pcie_roots(root, inv);
+    let roots = read_pcie_roots(root, config, &claims);
     let prepared = prepared_functions(&cp);
     let cx = Context { original: Some(&original), pcie_roots: Some(&roots), prepared: Some(&prepared) };
     Ok(dra_devices(inv, config, &claims, &cx))
