@@ -1045,6 +1045,34 @@ devices:
     }
 
     #[test]
+    fn dra_entries_and_their_problems() {
+        let c = Config::parse(
+            "dra:\n  driverName: gpu.example.com\n  devices:\n    - atRest: vfio\n      selectors: {vendors: [\"10de\"]}\n    - selectors: {pciAddresses: [\"0000:af:00.0\"]}\n",
+        )
+        .expect("valid");
+        assert_eq!(c.dra.driver_name, "gpu.example.com");
+        assert_eq!(c.entries[0].front, Front::Dra(AtRest::Vfio));
+        assert_eq!(c.entries[1].front, Front::Dra(AtRest::Host), "host is the default");
+        assert_eq!(Config::default().dra.driver_name, "vfio.nodeprep.io");
+        let Err(ParseError::Invalid(p)) =
+            Config::parse("dra:\n  driverName: Not_A.Name\n  devices:\n    - atRest: maybe\n      color: red\n")
+        else {
+            panic!("refused")
+        };
+        assert!(p.iter().any(|x| x.contains("driverName") && x.contains("DNS subdomain")), "{p:?}");
+        assert!(p.iter().any(|x| x.contains("dra.devices[0]: atRest") && x.contains("\"maybe\"")), "{p:?}");
+        assert!(p.iter().any(|x| x.contains("unknown field \"color\"")), "{p:?}");
+        assert!(p.iter().any(|x| x.contains("dra.devices[0]: selectors is required")), "{p:?}");
+        // The same address named by a device plugin entry and a DRA entry: refused without a host.
+        let Err(ParseError::Invalid(p)) = Config::parse(
+            "devices:\n  - selectors: {pciAddresses: [\"0000:af:00.0\"]}\ndra:\n  devices:\n    - selectors: {pciAddresses: [\"0000:af:00.0\"]}\n",
+        ) else {
+            panic!("refused")
+        };
+        assert!(p.iter().any(|x| x.contains("devices[0]") && x.contains("dra.devices[0]")), "{p:?}");
+    }
+
+    #[test]
     fn cdi_kind_and_spec_dir() {
         let c = Config::parse("cdi:\n  kind: nodeprep.io/vfio\n").expect("valid");
         assert_eq!(c.cdi, Some(CdiSettings { kind: "nodeprep.io/vfio".into(), spec_dir: "/var/run/cdi".into() }));

@@ -92,13 +92,30 @@ pub fn claim_allocation(claim: &Value, driver: &str) -> Result<ClaimAllocation, 
         name: text(&meta["name"]).ok_or("the ResourceClaim has no metadata.name")?,
         uid: text(&meta["uid"]).ok_or("the ResourceClaim has no metadata.uid")?,
     };
+    // They name files and directories: nothing but what the API server itself allows.
+    let safe = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && !s.starts_with('.')
+    };
+    for (what, v) in [("namespace", &claim_ref.namespace), ("name", &claim_ref.name), ("uid", &claim_ref.uid)] {
+        if !safe(v) {
+            return Err(format!("the ResourceClaim's {what} {v:?} is not a DNS name or UID"));
+        }
+    }
     let results = claim["status"]["allocation"]["devices"]["results"].as_array().ok_or_else(|| {
         format!("ResourceClaim {} is not allocated (no status.allocation.devices.results)", claim_ref)
     })?;
     let mut out = Vec::new();
     for r in results.iter().filter(|r| r["driver"].as_str() == Some(driver)) {
         match (text(&r["request"]), text(&r["pool"]), text(&r["device"])) {
-            (Some(request), Some(pool), Some(device)) => out.push(AllocationResult { request, pool, device }),
+            (Some(request), Some(pool), Some(device)) if request.split('/').all(safe) => {
+                out.push(AllocationResult { request, pool, device })
+            }
+            (Some(request), Some(_), Some(_)) => {
+                return Err(format!("ResourceClaim {claim_ref}: request name {request:?} is not a DNS label"));
+            }
             _ => return Err(format!("ResourceClaim {claim_ref}: a result for {driver} lacks request, pool or device")),
         }
     }
@@ -573,4 +590,43 @@ pub fn offered_in(root: &HostRoot, inv: &PciInventory, config: &Config) -> Resul
     let prepared = prepared_functions(&cp);
     let cx = Context { original: Some(&original), pcie_roots: Some(&roots), prepared: Some(&prepared) };
     Ok(dra_devices(inv, config, &claims, &cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(uid: &str, request: &str) -> Value {
+        json!({"metadata": {"name": "gpu", "namespace": "vms", "uid": uid},
+            "status": {"allocation": {"devices": {"results": [
+                {"driver": "vfio.nodeprep.io", "pool": "n1", "device": "pci-0000-af-00-0", "request": request},
+                {"driver": "other.example.com", "pool": "n1", "device": "x", "request": "nic"}]}}}})
+    }
+
+    #[test]
+    fn names_that_become_paths_are_checked() {
+        let ok = claim_allocation(&claim("0b1c-22", "vm"), "vfio.nodeprep.io").expect("valid claim");
+        assert_eq!(ok.results.len(), 1, "only this driver's results");
+        assert_eq!(claim_allocation(&claim("0b1c-22", "vm/big"), "vfio.nodeprep.io").map(|a| a.results.len()), Ok(1));
+        let bad = claim_allocation(&claim("../../etc", "vm"), "vfio.nodeprep.io").expect_err("refused");
+        assert!(bad.contains("uid"), "{bad}");
+        let bad = claim_allocation(&claim("0b1c-22", "../x"), "vfio.nodeprep.io").expect_err("refused");
+        assert!(bad.contains("request name"), "{bad}");
+        assert_eq!(base_request("vm/big"), "vm");
+    }
+
+    #[test]
+    fn metadata_is_a_stream_newest_version_first() {
+        let alloc = claim_allocation(&claim("u1", "vm"), "vfio.nodeprep.io").expect("valid claim");
+        let text = metadata_stream("vfio.nodeprep.io", &alloc, "vm", &[]);
+        let versions: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("one JSON object a line")["apiVersion"].to_string())
+            .collect();
+        assert_eq!(versions, ["\"metadata.resource.k8s.io/v1beta1\"", "\"metadata.resource.k8s.io/v1alpha1\""]);
+        assert_eq!(
+            metadata_container_path("d.io", &alloc.claim, Some("gpu-claim"), "vm"),
+            "/var/run/kubernetes.io/dra-device-attributes/resourceclaimtemplates/gpu-claim/vm/d.io-metadata.json"
+        );
+    }
 }
