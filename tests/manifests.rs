@@ -727,7 +727,9 @@ fn the_config_examples_are_valid_once_uncommented() {
     assert!(gpu.external_resource_provider, "the KubeVirt example sets externalResourceProvider");
     assert_eq!(gpu.resource_name.as_deref(), Some("nvidia.com/TU104GL_Tesla_T4"));
     assert_eq!(parsed.entries[1].name.0, "devices[0]");
-    assert_eq!(parsed.entries.len(), 2);
+    assert_eq!(parsed.entries[2].name.0, "dra.devices[0]");
+    assert_eq!(parsed.entries[2].front, nodeprep::config::Front::Dra(nodeprep::config::AtRest::Host));
+    assert_eq!(parsed.entries.len(), 3);
     assert_eq!(parsed.counted.len(), 1);
     assert_eq!(parsed.counted[0].resource_name, "kata.peerpods.io/vm");
     let pools: Vec<String> = parsed.hugepages.iter().map(ToString::to_string).collect();
@@ -746,6 +748,7 @@ fn the_config_examples_are_valid_once_uncommented() {
     for vf in QAT_VFS {
         assert!(text.contains(&format!("{vf} as intel.com/qat_vf")), "{text}");
     }
+    assert!(text.contains(&format!("{GPU_B} as nvidia.com/quadro")), "{text}");
 }
 
 // ---- the image -------------------------------------------------------------------------------
