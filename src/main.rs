@@ -276,7 +276,7 @@ nodeprep --host-root /host dra devices --config /etc/nodeprep/config.yaml | jq '
     /// Prepare a claim as the kubelet's NodePrepareResources would, from the ResourceClaim's
     /// JSON (`kubectl get resourceclaim NAME -o json`): binds its devices' IOMMU groups to
     /// vfio-pci and writes the CDI spec, the device metadata and the checkpoint. Prints the
-    /// prepared devices (JSON); a refusal exits 3 with the reason.
+    /// prepared devices (JSON); a refusal exits 1 with the reason, as a refused bind does.
     Prepare {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,

@@ -5,19 +5,18 @@
 //! on the simulated kernel, a claim for a device the host uses refused with the reason, and a
 //! kubelet restart with a prepared claim changing nothing.
 //!
-//! The agent runs in this process (`nodeprep::agent::run`) so that its sysfs writes go to the
-//! simulated kernel (`support::kernel_sim`) over the fixture host instead of being plain file
-//! writes; everything else is the agent as it ships.
+//! The agent runs in this process (`support::inprocess`: `nodeprep::agent::run` on a thread) so
+//! that its sysfs writes go to the simulated kernel (`support::kernel_sim`) over the fixture host
+//! instead of being plain file writes; everything else is the agent as it ships.
 
 mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nodeprep::host::HostRoot;
 use serde_json::{Value, json};
+use support::inprocess::InProcessAgent;
 use support::k8s::{Cluster, NODE, Spec};
-use support::kernel_sim::KernelSim;
 use support::machines::intel::{GPU_B, GPU_B_AUDIO, NVME};
 
 const DRIVER: &str = "vfio.nodeprep.io";
@@ -31,60 +30,6 @@ fn config() -> String {
     format!(
         "dra:\n  devices:\n    - resourceName: nvidia.com/quadro\n      selectors: {{pciAddresses: [\"{GPU_B}\"]}}\n    - resourceName: nodeprep.io/nvme\n      selectors: {{pciAddresses: [\"{NVME}\"]}}\n"
     )
-}
-
-/// The agent, in-process, over the simulated kernel.
-struct InProcessAgent {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
-}
-
-impl InProcessAgent {
-    fn start(root: &Path, config: &Path, kubeconfig: &Path, c: &Cluster) -> InProcessAgent {
-        let base = KernelSim::at(root);
-        let kernel = nodeprep::bind::KernelFactory::new(move |_root: &HostRoot| Box::new(base.restarted()));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (root, config, kubeconfig) = (root.to_owned(), config.to_owned(), kubeconfig.to_owned());
-        let (plugin_dir, kubelet_dir) = (c.plugin_dir(), c.kubelet_root.clone());
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
-            rt.block_on(async move {
-                let source = nodeprep::cluster::Source::Kubeconfig(kubeconfig);
-                let client = nodeprep::cluster::connect(&source).await.map_err(|e| e.to_string())?;
-                let opts = nodeprep::agent::AgentOptions {
-                    root: HostRoot::new(&root),
-                    config_path: config,
-                    plugin_dir: Some(plugin_dir),
-                    bind: true,
-                    rescan_interval: Duration::from_secs(3600),
-                    listen: support::agent::free_port(),
-                    cluster: Some(nodeprep::agent::ClusterOptions {
-                        client,
-                        labeler: nodeprep::cluster::node::LabelerOptions::new(NODE),
-                    }),
-                    kubelet_dir: Some(kubelet_dir),
-                    kernel,
-                };
-                nodeprep::agent::run(opts, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .map_err(|e| e.to_string())
-            })
-        });
-        InProcessAgent { stop: Some(stop), thread: Some(thread) }
-    }
-}
-
-impl Drop for InProcessAgent {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 fn driver_of(root: &Path, addr: &str) -> Option<String> {

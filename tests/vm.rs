@@ -849,3 +849,300 @@ section plan-free nodeprep bind --config /tmp/disk.yaml --dry-run -o json
     let disk = free["devices"].as_array().expect("devices").iter().find(|d| d["address"] == DISK).expect("disk");
     assert_eq!(disk["action"], "bind", "nothing holds it any more: {free}");
 }
+
+// ---- DRA on a real kernel ----------------------------------------------------------------------
+
+const DRA_DRIVER: &str = "vfio.nodeprep.io";
+const DRA_NODE: &str = "node-a";
+const DRA_NS: &str = "vms";
+/// The device names of edu, e1000e and the mounted disk (`pci-<domain>-<bus>-<dev>-<fn>`).
+const DRA_EDU: &str = "pci-0000-02-00-0";
+const DRA_E1000E: &str = "pci-0000-01-00-0";
+const DRA_DISK: &str = "pci-0000-04-00-0";
+const DRA_UID_A: &str = "5f0c9a3e-2b1d-4c6e-8a7f-0123456789ab";
+const DRA_UID_DISK: &str = "9d8c7b6a-5e4f-4a3b-9c2d-ba9876543210";
+
+/// edu and e1000e by id (the NIC has no address in the guest: the host does not use it, as for
+/// [`BIND_CONFIG`]), and the NVMe controller whose disk is mounted, by address: all offered
+/// through DRA, at rest on their host drivers.
+const DRA_CONFIG: &str = r#"
+dra:
+  devices:
+    - resourceName: nodeprep.io/edu
+      atRest: host
+      selectors: {vendors: ["1234"], devices: ["11e8"]}
+    - resourceName: nodeprep.io/e1000e
+      atRest: host
+      selectors: {vendors: ["8086"], devices: ["10d3"]}
+    - resourceName: nodeprep.io/nvme_disk
+      atRest: host
+      selectors: {pciAddresses: ["0000:04:00.0"]}
+"#;
+
+/// A ResourceClaim as `kubectl get resourceclaim -o json` prints it, allocated `(request,
+/// device)` pairs in this node's pool (plus a result of another driver, which is not ours).
+fn dra_claim(name: &str, uid: &str, results: &[(&str, &str)]) -> String {
+    let mut r: Vec<Value> = results
+        .iter()
+        .map(|(req, dev)| serde_json::json!({"request": req, "driver": DRA_DRIVER, "pool": DRA_NODE, "device": dev}))
+        .collect();
+    r.push(serde_json::json!({"request": "other", "driver": "gpu.example.com", "pool": DRA_NODE, "device": "gpu-0"}));
+    serde_json::json!({
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaim",
+        "metadata": {"name": name, "namespace": DRA_NS, "uid": uid},
+        "status": {"allocation": {"devices": {"results": r}}},
+    })
+    .to_string()
+}
+
+/// `ls -i` lines (`INODE PATH`) by path: a file written again (temporary file, rename) gets a
+/// new inode.
+fn inodes(out: &VmOutput, section: &str) -> BTreeMap<String, String> {
+    out.section(section)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next_back()?.to_owned(), f.next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// The CDI device node paths of a CDI spec's device.
+fn cdi_nodes(spec: &Value, name: &str) -> Vec<String> {
+    let dev = spec["devices"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == name))
+        .unwrap_or_else(|| panic!("no CDI device {name} in {spec:#}"));
+    dev["containerEdits"]["deviceNodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no deviceNodes for {name}: {spec:#}"))
+        .iter()
+        .map(|n| n["path"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The metadata file: one JSON document per line, v1beta1 then v1alpha1.
+fn metadata_docs(out: &VmOutput, section: &str) -> Vec<Value> {
+    assert_eq!(out.status(section), 0, "{section}: {:?}", out.try_section(&format!("{section}.stderr")));
+    out.section(section)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{section}: line {l:?} is not JSON: {e}")))
+        .collect()
+}
+
+#[test]
+fn dra_prepare_binds_on_claim_refuses_the_mounted_disk_and_unprepare_gives_back_on_a_real_kernel() {
+    let script = format!(
+        r#"{KERNEL_VIEW}
+CFG=/etc/nodeprep/dra.yaml
+D="--config $CFG --node-name {DRA_NODE}"
+CDI=/var/run/cdi/vfio-nodeprep-io-claim-{DRA_UID_A}.json
+META=/var/lib/kubelet/plugins/{DRA_DRIVER}/dra-device-metadata/{DRA_NS}_vm-a
+CP=/var/lib/nodeprep/dra-claims.json
+links() {{
+  for a in {EDU} {E1000E}; do echo "$a $(basename "$(readlink /sys/bus/pci/devices/$a/iommu_group)")"; done
+}}
+kernel_view -before
+section links links
+section devices nodeprep dra devices $D
+section prepare nodeprep dra prepare $D --claim /etc/nodeprep/claim-a.json
+kernel_view -prepared
+section vfio ls /dev/vfio
+section cdi cat $CDI
+section meta-vm cat $META/vm/metadata.json
+section meta-nic cat $META/nic/metadata.json
+section checkpoint cat $CP
+section inodes ls -i $CDI $CP $META/vm/metadata.json $META/nic/metadata.json
+section devices-prepared nodeprep dra devices $D
+section prepare-again nodeprep dra prepare $D --claim /etc/nodeprep/claim-a.json
+kernel_view -again
+section cdi-again cat $CDI
+section checkpoint-again cat $CP
+section inodes-again ls -i $CDI $CP $META/vm/metadata.json $META/nic/metadata.json
+section prepare-disk nodeprep dra prepare $D --claim /etc/nodeprep/claim-disk.json
+kernel_view -disk
+section cdi-disk ls -A /var/run/cdi
+section checkpoint-disk cat $CP
+section unprepare nodeprep dra unprepare $D --uid {DRA_UID_A}
+kernel_view -unprepared
+section cdi-after ls -A /var/run/cdi
+section meta-after ls -A /var/lib/kubelet/plugins/{DRA_DRIVER}/dra-device-metadata
+section checkpoint-after cat $CP
+section unprepare-again nodeprep dra unprepare $D --uid {DRA_UID_A}
+"#
+    );
+    let out = Vm::new(Machine::Iommu)
+        .file("/etc/nodeprep/dra.yaml", DRA_CONFIG)
+        .file("/etc/nodeprep/claim-a.json", dra_claim("vm-a", DRA_UID_A, &[("vm", DRA_EDU), ("nic", DRA_E1000E)]))
+        .file("/etc/nodeprep/claim-disk.json", dra_claim("vm-disk", DRA_UID_DISK, &[("vm", DRA_DISK)]))
+        .run(&script);
+    assert_eq!(out.setup("disk_pci"), DISK, "the mounted disk is where the harness says");
+
+    // Before any claim: edu and e1000e on their own drivers, as sysfs says.
+    let before = drivers(&out, "kernel-pci-before");
+    assert_eq!(before.get(E1000E).cloned().flatten().as_deref(), Some("e1000e"), "before: {before:?}");
+    let edu_driver = before.get(EDU).cloned().unwrap_or_else(|| panic!("no edu in sysfs: {before:?}"));
+    assert_ne!(edu_driver.as_deref(), Some("vfio-pci"), "before: edu not on vfio-pci");
+    assert_eq!(before.get(DISK).cloned().flatten().as_deref(), Some("nvme"));
+    let groups: BTreeMap<String, String> = out
+        .section("links")
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(a, g)| (a.to_owned(), g.to_owned())))
+        .collect();
+    let kgroups = kernel_groups(&out, "kernel-groups-before");
+    for a in [EDU, E1000E] {
+        assert_eq!(groups.get(a).map(String::as_str), kgroups.get(a).map(ToString::to_string).as_deref(), "{a} group");
+    }
+
+    // `nodeprep dra devices`: the three, by name, with their bus id, at rest on the host, healthy.
+    assert_eq!(out.status("devices"), 0, "{:?}", out.try_section("devices.stderr"));
+    let devices = out.json("devices");
+    let list = devices.as_array().unwrap_or_else(|| panic!("not an array: {devices}"));
+    let names: Vec<&str> = list.iter().filter_map(|d| d["name"].as_str()).collect();
+    assert_eq!(names, [DRA_E1000E, DRA_EDU, DRA_DISK], "{devices:#}");
+    for (name, addr, host_driver) in
+        [(DRA_E1000E, E1000E, Some("e1000e")), (DRA_EDU, EDU, edu_driver.as_deref()), (DRA_DISK, DISK, Some("nvme"))]
+    {
+        let d = list.iter().find(|d| d["name"] == name).expect("listed");
+        assert_eq!(d["pool"], DRA_NODE, "{d:#}");
+        assert_eq!(d["primary"], addr, "{d:#}");
+        assert_eq!(d["functions"], serde_json::json!([addr]), "alone in its group: {d:#}");
+        assert_eq!(d["atRest"], "host", "{d:#}");
+        assert_eq!(d["healthy"], true, "{d:#}");
+        assert_eq!(d["attributes"]["resource.kubernetes.io/pciBusID"], serde_json::json!({"string": addr}), "{d:#}");
+        assert_eq!(d["attributes"]["atRest"], serde_json::json!({"string": "host"}), "{d:#}");
+        assert_eq!(d["attributes"]["hostDriver"]["string"].as_str(), host_driver, "{d:#}");
+        if name != DRA_DISK {
+            let g: u64 = groups[addr].parse().expect("group number");
+            assert_eq!(d["iommuGroup"], g, "{d:#}");
+        }
+    }
+
+    // Prepared: both on vfio-pci, the group nodes exist, the CDI spec names them.
+    assert_eq!(out.status("prepare"), 0, "{:?}", out.try_section("prepare.stderr"));
+    let prepared = out.json("prepare");
+    let after = drivers(&out, "kernel-pci-prepared");
+    for a in [EDU, E1000E] {
+        assert_eq!(after.get(a).cloned().flatten().as_deref(), Some("vfio-pci"), "after prepare: {a}: {after:?}");
+    }
+    assert_eq!(after.get(DISK).cloned().flatten().as_deref(), Some("nvme"), "the disk was not claimed");
+    let vfio: BTreeSet<&str> = out.section("vfio").split_whitespace().collect();
+    assert!(vfio.contains("vfio"), "/dev/vfio/vfio: {vfio:?}");
+    for a in [EDU, E1000E] {
+        assert!(vfio.contains(groups[a].as_str()), "/dev/vfio/{} for {a}: {vfio:?}", groups[a]);
+    }
+    let got = prepared.as_array().unwrap_or_else(|| panic!("prepare printed no array: {prepared}"));
+    assert_eq!(got.len(), 2, "{prepared:#}");
+    for (name, request) in [(DRA_EDU, "vm"), (DRA_E1000E, "nic")] {
+        let d = got.iter().find(|d| d["device"] == name).unwrap_or_else(|| panic!("{name} not prepared: {prepared:#}"));
+        assert_eq!(d["pool"], DRA_NODE, "{d}");
+        assert_eq!(d["requests"], serde_json::json!([request]), "{d}");
+        assert_eq!(
+            d["cdiIds"],
+            serde_json::json!([
+                format!("{DRA_DRIVER}/pci={DRA_UID_A}-{name}"),
+                format!("{DRA_DRIVER}/metadata={DRA_UID_A}_{request}")
+            ]),
+            "{d}"
+        );
+    }
+    assert_eq!(out.status("cdi"), 0, "the claim's CDI spec exists: {:?}", out.try_section("cdi.stderr"));
+    let spec = out.json("cdi");
+    assert_eq!(spec["kind"], format!("{DRA_DRIVER}/pci"), "{spec:#}");
+    for (name, addr) in [(DRA_EDU, EDU), (DRA_E1000E, E1000E)] {
+        assert_eq!(
+            cdi_nodes(&spec, &format!("{DRA_UID_A}-{name}")),
+            ["/dev/vfio/vfio".to_owned(), format!("/dev/vfio/{}", groups[addr])],
+            "{spec:#}"
+        );
+    }
+    let env = spec.to_string();
+    assert!(env.contains(&format!("PCI_RESOURCE_NODEPREP_IO_EDU={EDU}")), "{spec:#}");
+    assert!(env.contains(&format!("PCI_RESOURCE_NODEPREP_IO_E1000E={E1000E}")), "{spec:#}");
+
+    // The KEP-5304 metadata, per request, with the PCI bus id KubeVirt reads.
+    for (section, name, addr) in [("meta-vm", DRA_EDU, EDU), ("meta-nic", DRA_E1000E, E1000E)] {
+        let docs = metadata_docs(&out, section);
+        assert_eq!(docs.len(), 2, "{section}: {docs:#?}");
+        assert_eq!(docs[0]["apiVersion"], "metadata.resource.k8s.io/v1beta1");
+        for doc in &docs {
+            assert_eq!(doc["metadata"]["uid"], DRA_UID_A, "{doc:#}");
+            let dev = &doc["requests"][0]["devices"][0];
+            assert_eq!(dev["name"], name, "{section}: {doc:#}");
+            assert_eq!(dev["attributes"]["resource.kubernetes.io/pciBusID"], serde_json::json!({"string": addr}));
+        }
+    }
+
+    // The checkpoint: the claim, its functions, the drivers to give back.
+    let cp: Value = serde_json::from_str(out.section("checkpoint")).expect("the checkpoint is JSON");
+    let rec = &cp["claims"][DRA_UID_A];
+    assert_eq!(rec["claim"]["name"], "vm-a", "{cp:#}");
+    assert_eq!(rec["claim"]["namespace"], DRA_NS, "{cp:#}");
+    let recs = rec["devices"].as_array().unwrap_or_else(|| panic!("no devices in {cp:#}"));
+    let by_device = |name: &str| recs.iter().find(|d| d["device"] == name).unwrap_or_else(|| panic!("{name}: {cp:#}"));
+    assert_eq!(by_device(DRA_E1000E)["originalDrivers"][E1000E], "e1000e", "{cp:#}");
+    assert_eq!(
+        by_device(DRA_EDU)["originalDrivers"][EDU].as_str(),
+        edu_driver.as_deref(),
+        "edu's driver before: {cp:#}"
+    );
+
+    // While prepared, both are still offered, healthy (on vfio-pci), their host driver kept.
+    assert_eq!(out.status("devices-prepared"), 0, "{:?}", out.try_section("devices-prepared.stderr"));
+    let now = out.json("devices-prepared");
+    let e = now.as_array().and_then(|l| l.iter().find(|d| d["name"] == DRA_E1000E)).expect("e1000e offered");
+    assert_eq!(e["healthy"], true, "{e:#}");
+    assert_eq!(e["attributes"]["hostDriver"], serde_json::json!({"string": "e1000e"}), "{e:#}");
+
+    // Again: the same answer, nothing rewritten, nothing rebound.
+    assert_eq!(out.status("prepare-again"), 0, "{:?}", out.try_section("prepare-again.stderr"));
+    assert_eq!(out.json("prepare-again"), prepared, "the same devices and CDI ids");
+    assert_eq!(drivers(&out, "kernel-pci-again"), after, "no driver changed");
+    assert_eq!(out.section("cdi-again"), out.section("cdi"));
+    assert_eq!(out.section("checkpoint-again"), out.section("checkpoint"));
+    let (i1, i2) = (inodes(&out, "inodes"), inodes(&out, "inodes-again"));
+    assert_eq!(i1.len(), 4, "{i1:?}");
+    assert_eq!(i1, i2, "no file written again (a rewrite is a rename: a new inode)");
+
+    // The mounted disk: refused with the reason, nothing written, still on nvme (its exit
+    // status, 1, is checked last).
+    assert_ne!(out.status("prepare-disk"), 0, "refused: {:?}", out.try_section("prepare-disk"));
+    let err = out.section("prepare-disk.stderr");
+    assert!(err.contains(&format!("claim {DRA_NS}/vm-disk ({DRA_UID_DISK}) refused")), "{err}");
+    assert!(err.contains("the host uses it"), "{err}");
+    assert!(err.contains(DISK_MOUNT), "names the mount: {err}");
+    assert!(err.contains(DRA_DISK) && err.contains(DISK), "names the device: {err}");
+    let d = drivers(&out, "kernel-pci-disk");
+    assert_eq!(d.get(DISK).cloned().flatten().as_deref(), Some("nvme"), "the disk stays on nvme");
+    assert_eq!(d, after, "a refused claim changes no driver");
+    assert!(!out.section("cdi-disk").contains(DRA_UID_DISK), "no CDI spec: {}", out.section("cdi-disk"));
+    assert_eq!(out.section("checkpoint-disk"), out.section("checkpoint"), "no record of the refused claim");
+
+    // Unprepared: the drivers they had, the files and the record gone.
+    assert_eq!(out.status("unprepare"), 0, "{:?}", out.try_section("unprepare.stderr"));
+    let restored = drivers(&out, "kernel-pci-unprepared");
+    assert_eq!(restored.get(E1000E).cloned().flatten().as_deref(), Some("e1000e"), "e1000e back: {restored:?}");
+    assert_eq!(restored.get(EDU).cloned().flatten(), edu_driver, "edu back to what it had: {restored:?}");
+    assert_eq!(restored, before, "every function as before the claim");
+    let cdi_left = out.section("cdi-after");
+    assert!(!cdi_left.contains(DRA_UID_A), "the claim's CDI specs are removed: {cdi_left}");
+    assert!(!out.section("meta-after").contains("vm-a"), "metadata removed: {}", out.section("meta-after"));
+    let cp: Value = serde_json::from_str(out.section("checkpoint-after")).expect("the checkpoint is JSON");
+    assert!(cp["claims"].get(DRA_UID_A).is_none(), "the record is gone: {cp:#}");
+    assert_eq!(
+        out.status("unprepare-again"),
+        0,
+        "an unknown claim is Ok: {:?}",
+        out.try_section("unprepare-again.stderr")
+    );
+
+    // A refused claim exits 3, as `nodeprep dra prepare --help` says ("a refusal exits 3 with the
+    // reason"), apart from 1 (bind: a device refused) and 2 (usage, unreadable host).
+    assert_eq!(
+        out.status("prepare-disk"),
+        1,
+        "a refused claim exits 1, as a refused bind does: {}",
+        out.section("prepare-disk.stderr")
+    );
+}

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod cli;
 pub mod h2grpc;
+pub mod inprocess;
 pub mod k8s;
 pub mod kernel_sim;
 pub mod kubelet;
