@@ -21,6 +21,8 @@ use support::machines::intel::{GPU_B, GPU_B_AUDIO, NVME};
 
 const DRIVER: &str = "vfio.nodeprep.io";
 const WAIT: Duration = Duration::from_secs(60);
+/// The agent's identity (the DaemonSet's ServiceAccount).
+const AGENT_USER: &str = "system:serviceaccount:nodeprep:nodeprep";
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -157,5 +159,43 @@ fn a_claim_is_allocated_prepared_bound_and_given_back_through_the_real_kubelet()
             && driver_of(&root, GPU_B_AUDIO).as_deref() == Some("snd_hda_intel"))
         .then_some(())
     });
+
+    // An ordinary restart is not an uninstall: the slices outlive the agent, and the agent that
+    // comes back writes none (they already say what it would).
+    c.kubectl_ok(&["delete", "pod", "vm-disk", "--wait=false"]);
+    let versions = |c: &Cluster| -> Vec<String> {
+        slices(c).iter().map(|s| format!("{}@{}", s["metadata"]["name"], s["metadata"]["resourceVersion"])).collect()
+    };
+    let before = versions(&c);
     drop(agent);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(versions(&c), before, "the slices stay while the agent restarts");
+    let seen = c.audit().len();
+    let agent = InProcessAgent::start(&root, &config_path, &kubeconfig, &c);
+    let registration = c.kubelet_root.join(format!("plugins_registry/{DRIVER}-reg.sock"));
+    c.wait_for("the plugin socket again", WAIT, |_| registration.exists().then_some(()));
+    std::thread::sleep(Duration::from_secs(5));
+    let since = c.audit().split_off(seen);
+    assert!(
+        since.iter().any(|a| a.user == AGENT_USER && a.resource == "resourceslices" && a.verb == "watch"),
+        "the restarted agent watches its slices again: {since:?}"
+    );
+    let slice_writes: Vec<String> = since
+        .iter()
+        .filter(|a| a.user == AGENT_USER && a.resource == "resourceslices" && a.is_write())
+        .map(|a| format!("{} {}", a.verb, a.uri))
+        .collect();
+    assert!(slice_writes.is_empty(), "a restarted agent rewrote its slices: {slice_writes:?}");
+    assert_eq!(versions(&c), before);
+
+    // Uninstall: the agent goes for good; 30 s after its socket went, the kubelet removes the
+    // node's slices of the driver (its own cleanup of a driver that does not come back).
+    drop(agent);
+    let gone = std::time::Instant::now();
+    c.wait_for("the kubelet to remove the slices", Duration::from_secs(90), |c| slices(c).is_empty().then_some(()));
+    assert!(
+        gone.elapsed() >= Duration::from_secs(20),
+        "removed after {:?}: not the kubelet's grace period",
+        gone.elapsed()
+    );
 }
