@@ -40,6 +40,18 @@ fn driver_of(root: &Path, addr: &str) -> Option<String> {
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
 }
 
+/// One real PCI `change` uevent from this machine's first PCI device: the agent's monitor hears
+/// it on the kernel's netlink socket and rescans (the fixture host itself sends none).
+fn send_uevent() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir("/sys/bus/pci/devices")
+        .expect("this machine's /sys/bus/pci/devices")
+        .filter_map(|e| e.ok().map(|e| e.path().join("uevent")))
+        .collect();
+    files.sort();
+    let file = files.first().expect("this machine has a PCI device");
+    std::fs::write(file, "change").unwrap_or_else(|e| panic!("write change to {}: {e}", file.display()));
+}
+
 fn slices(c: &Cluster) -> Vec<Value> {
     let out = c.kubectl_ok(&["get", "resourceslices", "-o", "json"]);
     let v: Value = serde_json::from_str(&out).expect("resourceslices JSON");
@@ -117,6 +129,27 @@ fn a_claim_is_allocated_prepared_bound_and_given_back_through_the_real_kubelet()
     assert_eq!(s["spec"]["nodeName"], NODE);
     assert_eq!(s["metadata"]["ownerReferences"][0]["kind"], "Node", "{s}");
     assert_eq!(driver_of(&root, GPU_B).as_deref(), Some("nouveau"), "at rest on its own driver");
+
+    // The disk is hot-unplugged, then comes back; each time one real kernel uevent (for a device
+    // of this machine: the agent rescans on any PCI uevent) and the slice follows.
+    let generation = |c: &Cluster| slices(c).first().map(|s| s["spec"]["pool"]["generation"].clone());
+    let before = generation(&c);
+    let dev_dir = tree.path(tree.pci_dir(NVME));
+    let aside = root.join("unplugged-nvme");
+    let link = root.join(format!("sys/bus/pci/devices/{NVME}"));
+    let link_target = std::fs::read_link(&link).expect("the disk's bus link");
+    std::fs::rename(&dev_dir, &aside).expect("unplug the disk");
+    std::fs::remove_file(&link).expect("remove its bus link");
+    send_uevent();
+    c.wait_for("the slice without the disk", WAIT, |c| {
+        let d = slice_devices(c);
+        (d.len() == 1 && d[0]["name"] == gpu.as_str()).then_some(())
+    });
+    assert_ne!(generation(&c), before, "a changed pool has a new generation");
+    std::fs::rename(&aside, &dev_dir).expect("plug the disk back");
+    std::os::unix::fs::symlink(&link_target, &link).expect("its bus link");
+    send_uevent();
+    c.wait_for("the disk back in the slice", WAIT, |c| (slice_devices(c).len() == 2).then_some(()));
 
     // A pod with a claim template: allocated by the scheduler, prepared by the kubelet through
     // nodeprep, started with the CDI ids.
