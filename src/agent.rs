@@ -272,8 +272,7 @@ async fn start_dra(
         Some(d) => (d.clone(), d.clone()),
         None => (opts.root.join("var/lib/kubelet"), PathBuf::from("/var/lib/kubelet")),
     };
-    let cdi_dir =
-        started.cdi.as_ref().map_or(crate::deviceplugin::cdi::DEFAULT_SPEC_DIR.to_owned(), |c| c.spec_dir.clone());
+    let cdi_dir = started.cdi.as_ref().map_or(crate::config::DEFAULT_CDI_SPEC_DIR.to_owned(), |c| c.spec_dir.clone());
     let data_dir = kubelet_host.join("plugins").join(&driver).to_string_lossy().into_owned();
     let dp_dir = crate::host::kubelet::plugin_dir(&opts.root, opts.plugin_dir.as_deref());
     let settings = prepare::settings_for(&driver, &node, &cdi_dir, &data_dir, &dp_dir);

@@ -21,6 +21,8 @@ use crate::model::PciAddress;
 pub const VFIO_CONTAINER: &str = "/dev/vfio/vfio";
 /// The iommufd node.
 pub const IOMMUFD: &str = "/dev/iommu";
+/// `hostPath` in device nodes needs CDI 0.5.0.
+pub const CDI_VERSION: &str = "0.5.0";
 /// Cgroup permissions in CDI's spelling.
 pub const CDI_PERMISSIONS: &str = "rwm";
 

@@ -52,7 +52,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::deviceplugin::cdi::{self, CdiSettings};
 use crate::machineconfig::HugepageSize;
 use crate::model::{PciAddress, PciDevice, PciInventory};
 pub use selector::{OriginalDrivers, PfName, Selector};
@@ -213,6 +212,40 @@ impl Default for NodeLabelSettings {
     fn default() -> Self {
         NodeLabelSettings { kata: true }
     }
+}
+
+/// Where runtimes look for CDI specs generated at run time.
+pub const DEFAULT_CDI_SPEC_DIR: &str = "/var/run/cdi";
+
+/// The `cdi:` config: the kind nodeprep's devices are named under, and where the spec goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdiSettings {
+    /// `<vendor>/<class>`, e.g. `nodeprep.io/vfio`.
+    pub kind: String,
+    /// Absolute path on the host.
+    pub spec_dir: String,
+}
+
+fn vendor_or_class_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.first().is_some_and(u8::is_ascii_alphabetic)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+}
+
+/// Pure: why `kind` is not a CDI kind (`<vendor>/<class>`), if it is not.
+pub fn kind_problem(kind: &str) -> Option<String> {
+    let Some((vendor, class)) = kind.split_once('/') else {
+        return Some(format!("{kind:?} is not <vendor>/<class>, like nodeprep.io/vfio"));
+    };
+    for (what, s) in [("vendor", vendor), ("class", class)] {
+        if !vendor_or_class_ok(s) {
+            return Some(format!(
+                "{kind:?}: {what} {s:?} must start with a letter, end with a letter or digit, and hold only letters, digits, '_', '-' and '.'"
+            ));
+        }
+    }
+    None
 }
 
 /// A validated config.
@@ -803,10 +836,10 @@ fn parse_cdi(raw: RawCdi, problems: &mut Vec<String>) -> Option<CdiSettings> {
         problems.push("cdi: kind is missing (the <vendor>/<class> of the CDI names, like nodeprep.io/vfio)".into());
         return None;
     };
-    if let Some(p) = cdi::kind_problem(&kind) {
+    if let Some(p) = kind_problem(&kind) {
         problems.push(format!("cdi.kind: {p}"));
     }
-    let spec_dir = raw.spec_dir.unwrap_or_else(|| cdi::DEFAULT_SPEC_DIR.to_owned());
+    let spec_dir = raw.spec_dir.unwrap_or_else(|| DEFAULT_CDI_SPEC_DIR.to_owned());
     if !spec_dir.starts_with('/') || spec_dir.split('/').any(|c| c == "..") {
         problems.push(format!("cdi.specDir: {spec_dir:?} must be an absolute path without .., like /var/run/cdi"));
     }

@@ -30,11 +30,9 @@ use serde::{Deserialize, Serialize};
 use crate::grant::{VFIO_CONTAINER, VfioDevice, VfioHost};
 use crate::host::HostRoot;
 
-/// Where runtimes look for specs generated at run time.
-pub const DEFAULT_SPEC_DIR: &str = "/var/run/cdi";
-/// `hostPath` in device nodes needs CDI 0.5.0.
-pub const CDI_VERSION: &str = "0.5.0";
+pub use crate::config::DEFAULT_CDI_SPEC_DIR as DEFAULT_SPEC_DIR;
 pub use crate::grant::CDI_PERMISSIONS;
+pub use crate::grant::CDI_VERSION;
 
 /// Writing the spec file.
 #[derive(Debug, thiserror::Error)]
@@ -51,36 +49,7 @@ pub enum CdiError {
     },
 }
 
-/// The `cdi:` config: the kind nodeprep's devices are named under, and where the spec goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CdiSettings {
-    /// `<vendor>/<class>`, e.g. `nodeprep.io/vfio`.
-    pub kind: String,
-    /// Absolute path on the host.
-    pub spec_dir: String,
-}
-
-fn vendor_or_class_ok(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.first().is_some_and(u8::is_ascii_alphabetic)
-        && b.last().is_some_and(u8::is_ascii_alphanumeric)
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
-}
-
-/// Pure: why `kind` is not a CDI kind (`<vendor>/<class>`), if it is not.
-pub fn kind_problem(kind: &str) -> Option<String> {
-    let Some((vendor, class)) = kind.split_once('/') else {
-        return Some(format!("{kind:?} is not <vendor>/<class>, like nodeprep.io/vfio"));
-    };
-    for (what, s) in [("vendor", vendor), ("class", class)] {
-        if !vendor_or_class_ok(s) {
-            return Some(format!(
-                "{kind:?}: {what} {s:?} must start with a letter, end with a letter or digit, and hold only letters, digits, '_', '-' and '.'"
-            ));
-        }
-    }
-    None
-}
+pub use crate::config::{CdiSettings, kind_problem};
 
 /// Pure: a device's fully qualified CDI name: `nodeprep.io/vfio=0000:3b:00.0`.
 pub fn qualified_name(kind: &str, device: &VfioDevice) -> String {

@@ -374,7 +374,7 @@ pub fn prepare<K: Kernel>(
         let edits = grant::cdi_edits(&grant::device_nodes(devs, host), &env);
         cdi_devices.push(json!({ "name": cdi_device_name(uid, name), "containerEdits": edits }));
     }
-    let spec = json!({ "cdiVersion": crate::deviceplugin::cdi::CDI_VERSION, "kind": kind, "devices": cdi_devices });
+    let spec = json!({ "cdiVersion": grant::CDI_VERSION, "kind": kind, "devices": cdi_devices });
     let mut files = vec![claim_spec_path(s, uid)];
     write_file(root, &files[0], &spec.to_string())?;
 
@@ -398,7 +398,7 @@ pub fn prepare<K: Kernel>(
         };
         let edits = grant::ContainerEdits { mounts: vec![mount], ..Default::default() };
         let spec = json!({
-            "cdiVersion": crate::deviceplugin::cdi::CDI_VERSION,
+            "cdiVersion": grant::CDI_VERSION,
             "kind": format!("{}/metadata", s.driver),
             "devices": [{ "name": dev_name, "containerEdits": edits }],
         });
