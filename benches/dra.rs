@@ -29,6 +29,10 @@
 //!
 //! `cargo bench --bench dra`.
 
+#[path = "dra_prepare.rs"]
+mod prepare;
+#[path = "../tests/realkernel/mod.rs"]
+mod realkernel;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -474,6 +478,8 @@ fn summary(samples: &[Duration]) -> String {
 }
 
 fn main() {
+    // Prepare's latency first (fixture and VM), then the real cluster.
+    prepare::run();
     let rounds = env("NODEPREP_DRA_ROUNDS", 30) as usize;
     let idle = Duration::from_secs(env("NODEPREP_DRA_IDLE_SECS", 300));
     assert!(rounds > 0, "NODEPREP_DRA_ROUNDS must be at least 1");

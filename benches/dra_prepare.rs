@@ -1,5 +1,6 @@
-//! DRA claim Prepare latency, `cargo bench --bench dra_prepare` (optionally `-- ROUNDS`, the VM
-//! rounds, default 11).
+//! DRA claim Prepare latency, the first part of `cargo bench --bench dra` (optionally `-- ROUNDS`,
+//! the VM rounds, default 11). One benchmark binary with the cluster part (`dra.rs`): each bench
+//! binary is a whole fat-LTO link, the longest step of a cold CI run.
 //!
 //! 1. **Without the bind, on a fixture host, in-process**: `nodeprep::dra::prepare::prepare` over
 //!    the `intel_gpu_server` fixture (`tests/support`) for GPU A (`0000:3b:00.0`, `atRest: vfio`,
@@ -22,10 +23,7 @@
 //! Prints, per series, the number of rounds, the median and the p99 (nearest rank: with fewer
 //! than 100 rounds it is the slowest round).
 
-#[path = "../tests/realkernel/mod.rs"]
-mod realkernel;
-#[path = "../tests/support/mod.rs"]
-mod support;
+use crate::{realkernel, support};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -273,7 +271,7 @@ rounds() {
     }
 }
 
-fn main() {
+pub fn run() {
     let rounds: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(11);
     fixture();
     vm(rounds.max(1));

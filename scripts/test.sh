@@ -63,5 +63,4 @@ cargo bench --locked --bench kubelet
 NODEPREP_SCALE_IDLE_SECS=${NODEPREP_SCALE_IDLE_SECS:-60} cargo bench --locked --bench scale
 # DRA: Prepare with the bind (VM) and without it (fixture); uevent to ResourceSlice and idle
 # writes on the real cluster (CI idles 60 s; the README quotes a 5-minute run).
-cargo bench --locked --bench dra_prepare
 NODEPREP_DRA_IDLE_SECS=${NODEPREP_DRA_IDLE_SECS:-60} cargo bench --locked --bench dra
