@@ -13,10 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::fcntl::{Flock, FlockArg};
 
@@ -33,7 +31,6 @@ pub const STATE_FILE: &str = "var/lib/nodeprep/bindings.json";
 pub const LOCK_FILE: &str = "var/lib/nodeprep/bindings.lock";
 
 /// Makes temporary file names unique within the process (the pid makes them unique across).
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -111,32 +108,9 @@ impl State {
     /// file or the new one, never a torn one. Only through a [`StateGuard`], under the lock.
     fn save(&self, root: &HostRoot) -> Result<(), StateError> {
         let path = State::path(root);
-        let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let io = |op: &'static str, p: &Path| {
-            let p = p.to_path_buf();
-            move |source| StateError::Io { op, path: p, source }
-        };
-        fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!(".bindings.json.{}.{n}.tmp", std::process::id()));
         let body = serde_json::to_vec_pretty(self)
             .map_err(|e| StateError::Corrupt { path: path.clone(), problem: e.to_string() })?;
-        let written = (|| {
-            let mut f = fs::File::create(&tmp).map_err(io("create", &tmp))?;
-            f.write_all(&body).map_err(io("write", &tmp))?;
-            f.sync_all().map_err(io("fsync", &tmp))?;
-            fs::rename(&tmp, &path).map_err(io("rename into place", &path))
-        })();
-        if written.is_err() {
-            // Best effort: do not leave a temporary file behind for every failed save.
-            let _ = fs::remove_file(&tmp);
-        }
-        written?;
-        if let Ok(d) = fs::File::open(&dir) {
-            // Persist the rename itself; a failure here only weakens durability, not atomicity.
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::host::root::write_atomic(&path, &body).map_err(|(op, source)| StateError::Io { op, path, source })
     }
 
     /// The driver each recorded device had before nodeprep bound it.

@@ -164,14 +164,9 @@ impl CdiSpec {
     }
 
     fn write(&self, spec: &Spec) -> Result<(), CdiError> {
-        let err = |op| move |source| CdiError::Io { path: self.path.clone(), op, source };
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(err("create its directory"))?;
-        }
-        let text = serde_json::to_vec_pretty(spec).map_err(|e| err("serialize")(io::Error::other(e)))?;
-        let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(err("write"))?;
-        std::fs::rename(&tmp, &self.path).map_err(err("rename into place"))?;
+        let err = |op, source| CdiError::Io { path: self.path.clone(), op, source };
+        let text = serde_json::to_vec_pretty(spec).map_err(|e| err("serialize", io::Error::other(e)))?;
+        crate::host::root::write_atomic(&self.path, &text).map_err(|(op, source)| err(op, source))?;
         tracing::info!(path = %self.path.display(), "CDI spec written");
         Ok(())
     }

@@ -96,21 +96,15 @@ impl Checkpoint {
         }
     }
 
-    /// Writes it atomically.
+    /// Writes it atomically ([`crate::host::root::write_atomic`]).
     pub fn save(&self, root: &HostRoot) -> Result<(), CheckpointError> {
         let path = Checkpoint::path(root);
-        let err = |op| {
-            let path = path.clone();
-            move |source| CheckpointError::Io { path, op, source }
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err("create its directory"))?;
-        }
-        let text = serde_json::to_vec_pretty(self).map_err(|e| err("serialize")(io::Error::other(e)))?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(err("write"))?;
-        std::fs::rename(&tmp, &path).map_err(err("rename into place"))?;
-        Ok(())
+        let text = serde_json::to_vec_pretty(self).map_err(|e| CheckpointError::Io {
+            path: path.clone(),
+            op: "serialize",
+            source: io::Error::other(e),
+        })?;
+        crate::host::root::write_atomic(&path, &text).map_err(|(op, source)| CheckpointError::Io { path, op, source })
     }
 
     /// The claim (other than `except`) holding function `a`, if one does.

@@ -200,13 +200,7 @@ pub fn metadata_stream(driver: &str, alloc: &ClaimAllocation, request: &str, dev
 
 fn write_file(root: &HostRoot, host_path: &str, text: &str) -> Result<(), String> {
     let path = root.resolve(host_path);
-    let err = |op: &str, e: std::io::Error| format!("{op} {}: {e}", path.display());
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err("create directory for", e))?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(|e| err("write", e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| err("rename into place", e))
+    crate::host::root::write_atomic(&path, text.as_bytes()).map_err(|(op, e)| format!("{op} {}: {e}", path.display()))
 }
 
 fn remove_path(root: &HostRoot, host_path: &str) -> Result<(), String> {

@@ -8,6 +8,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What went wrong reading a host file, with the path and the operation.
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +172,39 @@ pub fn list_dir(path: &Path) -> Result<Vec<String>, HostError> {
     }
     names.sort();
     Ok(names)
+}
+
+/// Distinguishes the temporary files of concurrent writers in one process.
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to `path` so that readers, and the file after a crash, hold the old contents
+/// or the new ones, never a part: the directory is created if needed, a temporary file next to
+/// `path` (named after this process) is written and fsynced, renamed into place, and the
+/// directory fsynced. On error no temporary file is left behind. The error names the step.
+/// nodeprep's records (bindings, prepared claims) and the CDI specs it owns are written so.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), (&'static str, io::Error)> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(dir).map_err(|e| ("create its directory", e))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = fs::File::create(&tmp).map_err(|e| ("create a temporary file", e))?;
+        f.write_all(bytes).map_err(|e| ("write", e))?;
+        f.sync_all().map_err(|e| ("fsync", e))?;
+        fs::rename(&tmp, path).map_err(|e| ("rename into place", e))
+    })();
+    if written.is_err() {
+        // Best effort: do not leave a temporary file behind for every failed write.
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
+    if let Ok(d) = fs::File::open(dir) {
+        // Persist the rename itself; a failure here only weakens durability, not atomicity.
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 #[cfg(test)]
