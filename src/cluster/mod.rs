@@ -127,6 +127,13 @@ impl Backoff {
         base.mul_f64(spread)
     }
 
+    /// Logs a failed request (`what` was being done) and says when to try again.
+    pub fn retry_at(&mut self, what: &str, e: &ClusterError) -> tokio::time::Instant {
+        let delay = self.next_delay();
+        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "{what}");
+        tokio::time::Instant::now() + delay
+    }
+
     /// Failures so far since the last success.
     pub fn attempts(&self) -> u32 {
         self.attempt

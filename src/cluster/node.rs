@@ -75,21 +75,17 @@ impl Labeler {
     }
 
     fn fail(&mut self, e: &ClusterError) -> Instant {
-        let delay = self.backoff.next_delay();
-        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "node labels");
         self.status.send_modify(|s| {
             s.applied = false;
             s.last_error = Some(e.to_string());
         });
-        Instant::now() + delay
+        self.backoff.retry_at("node labels", e)
     }
 
     /// A failed or refused watch: logged, retried after a backoff. The labels' status is left
     /// as it is: the Node still carries what it carried.
     fn retry_watch(&mut self, e: &ClusterError) -> Instant {
-        let delay = self.backoff.next_delay();
-        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "watching the own Node");
-        Instant::now() + delay
+        self.backoff.retry_at("watching the own Node", e)
     }
 
     /// One look: read the Node if needed, plan, and apply if the plan says so.

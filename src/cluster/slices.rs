@@ -386,20 +386,16 @@ struct Publisher {
 
 impl Publisher {
     fn fail(&mut self, e: &ClusterError) -> Instant {
-        let delay = self.backoff.next_delay();
-        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "resource slices");
         self.status.send_modify(|s| {
             s.published = false;
             s.last_error = Some(e.to_string());
         });
-        Instant::now() + delay
+        self.backoff.retry_at("resource slices", e)
     }
 
     /// A failed watch: logged, retried after a backoff. The slices' status stays as it is.
     fn retry_watch(&mut self, e: &ClusterError) -> Instant {
-        let delay = self.backoff.next_delay();
-        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "watching the node's resource slices");
-        Instant::now() + delay
+        self.backoff.retry_at("watching the node's resource slices", e)
     }
 
     /// Lists the node's slices afresh; the watch restarts from the list.
