@@ -32,6 +32,7 @@ use crate::deviceplugin::manager::{Manager, ManagerOptions, ResourceSpec};
 use crate::deviceplugin::monitor::deadline_after;
 use crate::deviceplugin::monitor::{Monitor, MonitorOptions};
 use crate::eligibility::EligibilityReport;
+use crate::giveback;
 use crate::host::{HostRoot, inotify::DirWatcher};
 use crate::model::PciInventory;
 use crate::model::system::SystemFacts;
@@ -93,9 +94,12 @@ impl std::fmt::Debug for ClusterOptions {
     }
 }
 
+/// What one bind per config came to: whether it went through without a failed device
+/// (refusals are policy, not failures), and the refusals with their reasons.
+type BindResult = (bool, Vec<(crate::model::PciAddress, String)>);
+
 /// Binds what the config selects; logs every outcome and posts it as an Event. Errors are
-/// logged, never fatal: the plugins then report the affected devices unhealthy. Returns whether
-/// the bind went through without a failed device (refusals are policy, not failures).
+/// logged, never fatal: the plugins then report the affected devices unhealthy.
 fn bind_per_config(
     root: &HostRoot,
     config: &Config,
@@ -103,9 +107,14 @@ fn bind_per_config(
     kernel: &crate::bind::KernelFactory,
     observer: &Observer,
     events: &Recorder,
-) -> bool {
+) -> BindResult {
     match bind::bind_per_config(root, config, plugin_dir, &mut kernel.make(root)) {
         Ok((_, outcomes)) => {
+            let refused: Vec<(crate::model::PciAddress, String)> = outcomes
+                .iter()
+                .filter(|o| o.outcome == "refused")
+                .map(|o| (o.address, o.detail.clone().unwrap_or_default()))
+                .collect();
             observer.record_bind(&outcomes);
             events.record_outcomes(&outcomes);
             events.forget("bind");
@@ -116,12 +125,12 @@ fn bind_per_config(
                     None => tracing::info!(device = %o.address, outcome = %o.outcome, "bind"),
                 }
             }
-            !failed
+            (!failed, refused)
         }
         Err(e) => {
             tracing::error!(error = %e, "binding per config failed; devices stay as they are");
             events.record("bind", NodeEvent::warning("BindFailed", format!("binding per config failed: {e}")));
-            false
+            (false, Vec::new())
         }
     }
 }
@@ -147,18 +156,18 @@ fn reserve_hugepages(root: &HostRoot, config: &Config, events: &Recorder) {
     }
 }
 
-/// The host changes the config asks for: huge pages, then vfio-pci binding. Returns whether
-/// the bind went through (see [`bind_per_config`]).
-async fn prepare_host(opts: &AgentOptions, config: Arc<Config>, observer: &Observer, events: &Recorder) -> bool {
+/// The host changes the config asks for: huge pages, then vfio-pci binding (see
+/// [`bind_per_config`]).
+async fn prepare_host(opts: &AgentOptions, config: Arc<Config>, observer: &Observer, events: &Recorder) -> BindResult {
     let (r, o, e, bind, k) = (opts.root.clone(), observer.clone(), events.clone(), opts.bind, opts.kernel.clone());
     // The checkpoint of the kubelet the plugins register with, not always the default's.
     let plugin_dir = crate::host::kubelet::plugin_dir(&opts.root, opts.plugin_dir.as_deref());
     tokio::task::spawn_blocking(move || {
         reserve_hugepages(&r, &config, &e);
-        !bind || bind_per_config(&r, &config, &plugin_dir, &k, &o, &e)
+        if bind { bind_per_config(&r, &config, &plugin_dir, &k, &o, &e) } else { (true, Vec::new()) }
     })
     .await
-    .unwrap_or(false)
+    .unwrap_or((false, Vec::new()))
 }
 
 /// What the labels are computed from: one look at the host.
@@ -481,8 +490,38 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     let cluster = label_status.is_some();
     observer.set_labels_required(cluster);
 
+    // Giving devices back: the node's pods and its NodeMaintenance, watched when there is a cluster.
+    let pods = opts.cluster.as_ref().map(|c| giveback::PodLister {
+        client: c.client.clone(),
+        node: c.labeler.node_name.clone(),
+        stats: api_stats.clone(),
+        timeout: c.labeler.request_timeout,
+    });
+    let departed = Arc::new(tokio::sync::Notify::new());
+    let (maintenance_tx, mut maintenance_rx) = watch::channel::<Option<String>>(None);
+    let dp_dir = crate::host::kubelet::plugin_dir(&opts.root, opts.plugin_dir.as_deref());
+    let mut watchers = vec![tokio::spawn(giveback::watch_checkpoint(dp_dir.clone(), departed.clone()))];
+    if let Some(p) = &pods {
+        use crate::cluster::pods;
+        let (c, n, st, t) = (p.client.clone(), p.node.clone(), p.stats.clone(), p.timeout);
+        watchers.push(tokio::spawn(pods::watch_departures(c.clone(), n.clone(), st.clone(), t, departed.clone())));
+        watchers.push(tokio::spawn(pods::watch_maintenance(c, n, st, t, maintenance_tx)));
+    }
+    let give = giveback::GiveBack {
+        root: opts.root.clone(),
+        plugin_dir: dp_dir,
+        kernel: opts.kernel.clone(),
+        node: pods.as_ref().map(|p| p.node.clone()),
+        pods,
+        observer: observer.clone(),
+        events: events.clone(),
+    };
+    let mut memory = giveback::Memory::default();
+
     let config = Arc::new(config);
-    let mut bind_ok = prepare_host(&opts, config.clone(), &observer, &events).await;
+    let (mut bind_ok, refused) = prepare_host(&opts, config.clone(), &observer, &events).await;
+    memory.refused(&refused);
+    giveback::settle(&give, config.clone(), &mut memory, opts.bind).await;
     let counted = counted_specs(&config);
     let cdi = config.cdi.as_ref().map(|c| Arc::new(CdiSpec::open(&opts.root, c)));
     let started_with = config.clone();
@@ -570,18 +609,45 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
                         "these config keys changed; they take effect when the agent restarts (delete its pod)"
                     );
                 }
-                bind_ok = prepare_host(&opts, config, &observer, &events).await;
+                let refused;
+                (bind_ok, refused) = prepare_host(&opts, config.clone(), &observer, &events).await;
+                memory.refused(&refused);
+                giveback::settle(&give, config, &mut memory, opts.bind).await;
                 rescan.rescan();
                 reassess = true;
             }
-            Some(applied) = async {
+            Some((applied, cordoned)) = async {
                 match label_status.as_mut() {
-                    Some(rx) => rx.changed().await.ok().map(|()| rx.borrow_and_update().applied),
+                    Some(rx) => rx.changed().await.ok().map(|()| {
+                        let s = rx.borrow_and_update();
+                        (s.applied, s.unschedulable)
+                    }),
                     None => std::future::pending().await,
                 }
-            } => observer.set_labels_applied(applied),
+            } => {
+                observer.set_labels_applied(applied);
+                if cordoned != memory.maintenance.cordoned {
+                    memory.maintenance.cordoned = cordoned;
+                    let cfg = config_view.borrow().clone();
+                    maintenance_changed(&give, &observer, cfg, &mut memory, opts.bind).await;
+                }
+            }
+            Ok(()) = maintenance_rx.changed() => {
+                memory.maintenance.node_maintenance = maintenance_rx.borrow_and_update().clone();
+                let cfg = config_view.borrow().clone();
+                maintenance_changed(&give, &observer, cfg, &mut memory, opts.bind).await;
+            }
+            // A pod of this node went, or the kubelet's checkpoint changed: a device waiting for
+            // its holder may go back now.
+            () = departed.notified() => {
+                let release = opts.bind && (memory.pending > 0 || memory.maintenance.active());
+                let cfg = config_view.borrow().clone();
+                giveback::settle(&give, cfg, &mut memory, release).await;
+            }
             () = &mut resync => {
                 resync.as_mut().reset(deadline_after(tokio::time::Instant::now(), next_resync(opts.rescan_interval)));
+                let cfg = config_view.borrow().clone();
+                giveback::settle(&give, cfg, &mut memory, opts.bind).await;
                 reassess = true;
             }
             // A claim was prepared or unprepared: the devices' health follows.
@@ -596,6 +662,9 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
                     let cfg = config_view.borrow().clone();
                     refresh_dra(d, &opts.root, latest, cfg).await;
                 }
+                // An unprepared claim may free a device waiting to go back.
+                let cfg = config_view.borrow().clone();
+                giveback::settle(&give, cfg, &mut memory, opts.bind).await;
             }
         }
         // `ready` follows the plugins' registrations and the last bind at once.
@@ -642,11 +711,29 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         }
     }
     config_task.abort();
+    for w in watchers {
+        w.abort();
+    }
     let _ = http_task.await;
     match monitor_task.await {
         Ok(Err(e)) => Err(AgentError::Monitor(e.to_string())),
         _ => Ok(()),
     }
+}
+
+/// The node went into maintenance or came out of it: metric, report, Event, and a round (the
+/// holders may be gone already).
+async fn maintenance_changed(
+    give: &giveback::GiveBack,
+    observer: &Observer,
+    config: Arc<Config>,
+    memory: &mut giveback::Memory,
+    release: bool,
+) {
+    let m = &memory.maintenance;
+    observer.set_maintenance(m.active());
+    tracing::info!(cordoned = ?m.cordoned, node_maintenance = ?m.node_maintenance, "node maintenance");
+    giveback::settle(give, config, memory, release).await;
 }
 
 /// Compile-time proof that the loop holds no lock across an `.await`: a `std::sync` guard or a

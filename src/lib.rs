@@ -13,6 +13,8 @@
 //!   ids, huge pages);
 //! - [`observe`] is what the agent shows operators: `/healthz`, `/readyz` and Prometheus
 //!   `/metrics` on a small HTTP port;
+//! - [`giveback`] is the agent's side of giving devices back and of node maintenance;
+//! - [`status`] is `nodeprep status`: the managed devices, who holds them, what waits;
 //! - [`checkup`] is `nodeprep checkup`, the OpenShift Virtualization checkup Job: its input and
 //!   result live in a ConfigMap.
 
@@ -25,6 +27,7 @@ pub mod config;
 pub mod deviceplugin;
 pub mod dra;
 pub mod eligibility;
+pub mod giveback;
 pub mod grant;
 pub mod host;
 pub mod hugepages;
@@ -34,3 +37,4 @@ pub mod model;
 pub mod names;
 pub mod observe;
 pub mod render;
+pub mod status;

@@ -110,6 +110,28 @@ Examples:\n  nodeprep unbind\n  nodeprep unbind 0000:3b:00.0 0000:3b:00.1\n  nod
         #[arg(short, long, value_enum, default_value_t = Format::Text)]
         output: Format,
     },
+    /// Show what nodeprep manages here: each device's driver now and at rest, the resource or
+    /// DRA pool it serves and who holds it, the changes waiting for a holder, the last refusals.
+    #[command(after_help = "Reads the report the agent keeps (var/lib/nodeprep/status.json under the host \
+root) and refreshes each device's driver and holders from the host; with --config the device table is \
+built from that config instead (a node without an agent). Holders come from the kubelet's device-plugin \
+checkpoint and nodeprep's DRA claims. STATE is ready, held, pending-release (the config no longer wants \
+it on vfio-pci; it goes back once free), kept (release: manual), refused, not-bound or gone.\n\n\
+Exit status: 0, or 2 when there is neither a report nor --config, or the host cannot be read.\n\n\
+Examples:\n  oc debug node/worker-0 -- chroot /host nodeprep status\n  \
+nodeprep status -o json | jq '.devices[] | {address, driver, heldBy}'")]
+    Status {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Text)]
+        output: Format,
+        /// Build the device table from this config instead of the agent's report.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The kubelet's device-plugin directory (default: var/lib/kubelet/device-plugins under
+        /// the host root).
+        #[arg(long, value_name = "DIR")]
+        plugin_dir: Option<PathBuf>,
+    },
     /// Work with the config file.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -415,6 +437,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             run_unbind(&root, &addresses, &plugin_dir, dry_run, output)
         }
         Command::Config(ConfigCommand::Check { file }) => run_config_check(&root, &file),
+        Command::Status { output, config, plugin_dir } => {
+            let plugin_dir = host::kubelet::plugin_dir(&root, plugin_dir.as_deref());
+            run_status(&root, config.as_deref(), &plugin_dir, output)
+        }
         Command::Run { config, plugin_dir, kubelet_dir, no_bind, resync, listen, node_name, kubeconfig, no_kube } => {
             runtime()?.block_on(async {
                 let cluster =
@@ -651,6 +677,44 @@ fn run_dra(root: &HostRoot, cmd: DraCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn run_status(
+    root: &HostRoot,
+    config: Option<&std::path::Path>,
+    plugin_dir: &std::path::Path,
+    output: Format,
+) -> anyhow::Result<ExitCode> {
+    use nodeprep::status::StatusReport;
+    let claims = nodeprep::giveback::dra_holders(root).map_err(|e| anyhow::anyhow!(e))?;
+    let report = match config {
+        Some(path) => {
+            let config = Config::load(path)?;
+            let g = nodeprep::status::gather(root, &config, plugin_dir, &Default::default(), claims)?;
+            StatusReport::build(&config, &g, Vec::new(), Default::default())
+        }
+        None => {
+            let Some(mut r) = StatusReport::load(root)? else {
+                anyhow::bail!(
+                    "no agent report at {} (is the agent running on this node?); give --config to build one",
+                    root.join(nodeprep::status::REPORT_FILE).display()
+                );
+            };
+            let inv = discover(root)?;
+            let allocations =
+                host::kubelet::read_allocations(plugin_dir).context("cannot tell which devices pods hold")?;
+            // The agent's view of which pods are gone is not known here: every allocation counts.
+            let holders = nodeprep::bind::release::holders(&allocations, &Default::default(), claims);
+            r.refresh(&inv, &holders);
+            r
+        }
+    };
+    match output {
+        Format::Text => emit(&nodeprep::render::status::render(&report))?,
+        Format::Json => emit(&(serde_json::to_string_pretty(&report)? + "\n"))?,
+        Format::Yaml => emit(&serde_yaml::to_string(&report)?)?,
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_unbind(

@@ -112,6 +112,10 @@ pub struct AgentStatus {
     /// The node labels: `None` without a cluster (nothing to apply), else whether the Node
     /// carries them.
     pub labels_applied: Option<bool>,
+    /// Devices the config no longer wants on vfio-pci that a pod or claim still holds.
+    pub pending_release: u64,
+    /// The node is cordoned or under a NodeMaintenance.
+    pub maintenance: bool,
 }
 
 impl AgentStatus {
@@ -129,6 +133,8 @@ impl AgentStatus {
             api_writes: 0,
             api_failures: 0,
             labels_applied: None,
+            pending_release: 0,
+            maintenance: false,
         }
     }
 }
@@ -143,6 +149,8 @@ struct Inner {
     monitor: Option<Arc<MonitorStats>>,
     api: Option<Arc<ApiStats>>,
     labels_applied: Option<bool>,
+    pending_release: u64,
+    maintenance: bool,
 }
 
 /// The shared handle: the agent updates it, the HTTP server reads it. Cheap to clone; every
@@ -168,6 +176,8 @@ impl Observer {
             monitor: None,
             api: None,
             labels_applied: None,
+            pending_release: 0,
+            maintenance: false,
         })))
     }
 
@@ -239,6 +249,16 @@ impl Observer {
         s.labels_applied = if required { Some(s.labels_applied.unwrap_or(false)) } else { None };
     }
 
+    /// How many devices wait for their holder before they are given back.
+    pub fn set_pending_release(&self, n: usize) {
+        self.lock().pending_release = n as u64;
+    }
+
+    /// Whether the node is in maintenance (cordoned, or a NodeMaintenance for it).
+    pub fn set_maintenance(&self, on: bool) {
+        self.lock().maintenance = on;
+    }
+
     /// Whether the Node carries the labels now (ignored when no labels are required).
     pub fn set_labels_applied(&self, applied: bool) {
         let mut s = self.lock();
@@ -263,6 +283,8 @@ impl Observer {
             api_writes: s.api.as_ref().map_or(0, |a| a.writes()),
             api_failures: s.api.as_ref().map_or(0, |a| a.failures()),
             labels_applied: s.labels_applied,
+            pending_release: s.pending_release,
+            maintenance: s.maintenance,
         }
     }
 }
@@ -370,6 +392,18 @@ pub fn render_metrics(status: &AgentStatus) -> String {
     ] {
         m.sample("nodeprep_binds_total", &[("outcome", outcome)], n);
     }
+
+    m.family(
+        "nodeprep_devices_pending_release",
+        "gauge",
+        "Devices the config no longer wants on vfio-pci, kept there while a pod or claim holds them.",
+    )
+    .sample("nodeprep_devices_pending_release", &[], status.pending_release);
+    m.family("nodeprep_node_maintenance", "gauge", "1 while the node is cordoned or under a NodeMaintenance.").sample(
+        "nodeprep_node_maintenance",
+        &[],
+        u64::from(status.maintenance),
+    );
 
     let mon = &status.monitor;
     for (name, help, value) in [

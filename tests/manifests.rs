@@ -319,7 +319,8 @@ fn rbac_grants_exactly_what_the_agent_uses() {
     // DRA (src/cluster/slices.rs, src/dra/driver.rs): its ResourceSlices listed and watched by
     // field selector, server-side applied (patch; and create, which kube-apiserver checks when
     // the apply creates the slice), deleted one by one (no deletecollection, no get, no update);
-    // the claim the kubelet names read by name (no list, no watch).
+    // the claim the kubelet names read by name (no list, no watch). Giving devices back
+    // (src/cluster/pods.rs): its node's pods and the NodeMaintenances, listed and watched only.
     let cluster = one(&docs, "ClusterRole");
     assert_eq!(
         rules(cluster),
@@ -328,6 +329,8 @@ fn rbac_grants_exactly_what_the_agent_uses() {
             ("", "events", &[], &["create"]),
             ("resource.k8s.io", "resourceslices", &[], &["list", "watch", "create", "patch", "delete"]),
             ("resource.k8s.io", "resourceclaims", &[], &["get"]),
+            ("", "pods", &[], &["list", "watch"]),
+            ("nodemaintenance.medik8s.io", "nodemaintenances", &[], &["list", "watch"]),
         ]),
         "{}",
         cluster.at()

@@ -3,14 +3,17 @@
 //! - [`plan`]: pure decisions: which devices to bind (whole IOMMU groups), which to refuse and
 //!   why, which to restore;
 //! - [`apply`]: the sysfs writes that carry a plan out, with verification and rollback;
+//! - [`release`]: giving back what the config no longer wants on vfio-pci, once nothing holds it;
 //! - [`state`]: the atomic record of original drivers that makes it reversible and crash-safe.
 
 pub mod apply;
 pub mod plan;
+pub mod release;
 pub mod state;
 
 pub use apply::{Applier, ApplyError, DeviceOutcome, HostKernel, Kernel, KernelFactory, host_kernels};
 pub use plan::{Action, BindPlan, RestorePlan, plan_bind, plan_unbind};
+pub use release::{ReleaseAction, ReleasePlan, plan_release};
 pub use state::{State, StateGuard};
 
 use std::path::Path;
@@ -31,6 +34,8 @@ pub enum BindError {
     Claims(Vec<String>),
     #[error("cannot tell which devices pods hold, nothing changed: {0}")]
     Allocations(#[source] HostError),
+    #[error("cannot tell which devices DRA claims hold, nothing changed: {0}")]
+    Holders(String),
     #[error(transparent)]
     State(#[from] state::StateError),
     #[error(transparent)]
@@ -91,4 +96,58 @@ pub fn bind_per_config<K: Kernel>(
     let plan = plan_with(root, config, plugin_dir, &state)?;
     let outcomes = Applier::new(root, kernel).apply_bind(&plan, &mut state)?;
     Ok((plan, outcomes))
+}
+
+/// What giving devices back did: the plan, and the outcome of each restore it made.
+#[derive(Debug, Clone, Default)]
+pub struct Released {
+    pub plan: Vec<ReleasePlan>,
+    pub outcomes: Vec<DeviceOutcome>,
+}
+
+impl Released {
+    /// The pods (UIDs) that hold a pending device.
+    pub fn pending_pods(&self) -> std::collections::BTreeSet<String> {
+        self.plan
+            .iter()
+            .filter_map(|p| match &p.action {
+                ReleaseAction::Pending { holder: crate::model::Holder::Pod { uid, .. } } => Some(uid.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Gives back, through `kernel`, every recorded device the config no longer wants on vfio-pci
+/// and nothing holds ([`release`]). `pods` says which pods of the kubelet's checkpoint are
+/// gone; `claims` lists the DRA claims' devices, read under the bind records' lock (a Prepare
+/// takes the same lock). Nothing is read when nothing is recorded.
+pub fn release_per_config<K: Kernel>(
+    root: &HostRoot,
+    config: &Config,
+    plugin_dir: &Path,
+    pods: &crate::model::PodView,
+    claims: impl FnOnce() -> Result<Vec<(crate::model::PciAddress, crate::model::Holder)>, String>,
+    kernel: &mut K,
+) -> Result<Released, BindError> {
+    let mut state = State::lock(root)?;
+    if state.devices.is_empty() {
+        return Ok(Released::default());
+    }
+    let inv =
+        host::pci::discover(root).map_err(|source| BindError::Discover { root: root.path().to_owned(), source })?;
+    let claimed = config.claims_with(&inv, &state.original_drivers()).map_err(BindError::Claims)?;
+    let wanted = release::wanted(config, &claimed);
+    // Fail closed, as the bind does: unknown holders protect nothing.
+    let allocations = host::kubelet::read_allocations(plugin_dir).map_err(BindError::Allocations)?;
+    let dra = claims().map_err(BindError::Holders)?;
+    let holders = release::holders(&allocations, pods, dra);
+    let plan = plan_release(&inv, &state, &wanted, &holders, config.release);
+    let restores = release::restores(&plan);
+    let outcomes = if restores.is_empty() {
+        Vec::new()
+    } else {
+        Applier::new(root, kernel).apply_unbind(&restores, &mut state)?
+    };
+    Ok(Released { plan, outcomes })
 }

@@ -74,6 +74,31 @@ pub fn for_outcome(o: &DeviceOutcome) -> Option<NodeEvent> {
     })
 }
 
+/// Pure: the Event for one device the config no longer wants on vfio-pci, given what was done
+/// (`outcome`, the restore's, when there was one). Subject: `release-<address>`.
+pub fn for_release(p: &crate::bind::ReleasePlan, outcome: Option<&DeviceOutcome>) -> Option<NodeEvent> {
+    use crate::bind::ReleaseAction;
+    let (a, why) = (&p.address, &p.why);
+    Some(match (&p.action, outcome.map(|o| o.outcome.as_str())) {
+        (ReleaseAction::Pending { holder }, _) => NodeEvent::warning(
+            "DeviceReleasePending",
+            format!("{a} stays on vfio-pci until {holder} lets it go, then goes back to the host ({why})"),
+        ),
+        (ReleaseAction::Restore { to }, Some("restored")) => NodeEvent::normal(
+            "DeviceRestored",
+            format!("{a} given back to {} ({why})", to.as_deref().unwrap_or("no driver")),
+        ),
+        (ReleaseAction::Restore { .. }, Some("failed" | "refused")) => NodeEvent::warning(
+            "RestoreFailed",
+            format!(
+                "{a} could not be given back ({why}): {}",
+                outcome.and_then(|o| o.detail.as_deref()).unwrap_or("no reason given")
+            ),
+        ),
+        _ => return None,
+    })
+}
+
 /// Pure: the Event a huge page reservation makes, if any (none when the pool was already as
 /// asked).
 pub fn for_hugepages(o: &HugepageOutcome) -> Option<NodeEvent> {
@@ -208,6 +233,26 @@ impl Recorder {
             let subject = format!("hugepages-{}-{}", o.size(), o.pool());
             match for_hugepages(o) {
                 Some(ev) => self.record(&subject, ev),
+                None => self.forget(&subject),
+            }
+        }
+    }
+
+    /// Queues the Events for giving devices back: a pending device once (until it changes), every
+    /// restore and every failed one.
+    pub fn record_release(&self, released: &crate::bind::Released) {
+        for p in &released.plan {
+            let subject = format!("release-{}", p.address);
+            let outcome = released.outcomes.iter().find(|o| o.address == p.address);
+            match for_release(p, outcome) {
+                Some(ev) => {
+                    let done = ev.reason == "DeviceRestored";
+                    self.record(&subject, ev);
+                    // Given back: the device is out of nodeprep's hands; a later round is news.
+                    if done {
+                        self.forget(&subject);
+                    }
+                }
                 None => self.forget(&subject),
             }
         }

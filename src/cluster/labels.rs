@@ -28,6 +28,8 @@ pub struct NodeView {
     pub labels: BTreeMap<String, String>,
     /// Label keys in nodeprep's `Apply` managed-fields entry.
     pub owned: BTreeSet<String>,
+    /// Cordoned (`spec.unschedulable`): the start of node maintenance.
+    pub unschedulable: bool,
 }
 
 impl NodeView {
@@ -49,6 +51,7 @@ impl NodeView {
             resource_version: meta.resource_version.clone(),
             labels: meta.labels.clone().unwrap_or_default(),
             owned,
+            unschedulable: node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false),
         }
     }
 }

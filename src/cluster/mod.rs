@@ -6,6 +6,7 @@
 //!   or `~/.kube/config`; none of them means no cluster (the agent then logs what it would do).
 //! - [`node`] watches the agent's own Node by name and applies labels only when they differ.
 //! - [`events`] posts core/v1 Events on the Node for binds, refusals, restores and failures.
+//! - [`pods`] lists and watches the node's pods and its NodeMaintenance, for giving devices back.
 //! - [`slices`] publishes the node's DRA devices as ResourceSlices and keeps them published.
 //!
 //! Every request has a deadline, failures are retried with capped exponential backoff, and the
@@ -14,6 +15,7 @@
 pub mod events;
 pub mod labels;
 pub mod node;
+pub mod pods;
 pub mod slices;
 
 use std::path::{Path, PathBuf};

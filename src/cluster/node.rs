@@ -55,6 +55,8 @@ pub struct LabelStatus {
     pub labels: std::collections::BTreeMap<String, String>,
     /// The last failure, cleared by a success.
     pub last_error: Option<String>,
+    /// The Node is cordoned (`spec.unschedulable`), as last seen; `None` before the first look.
+    pub unschedulable: Option<bool>,
 }
 
 type NodeEvents = Pin<Box<dyn Stream<Item = Result<WatchEvent<Node>, kube::Error>> + Send>>;
@@ -72,6 +74,18 @@ struct Labeler {
 impl Labeler {
     fn path(&self) -> String {
         format!("/api/v1/nodes/{}", self.opts.node_name)
+    }
+
+    /// Keeps what the API server just said about the Node, and passes its cordon on.
+    fn saw(&mut self, view: NodeView) {
+        let cordoned = Some(view.unschedulable);
+        self.status.send_if_modified(|s| {
+            s.unschedulable != cordoned && {
+                s.unschedulable = cordoned;
+                true
+            }
+        });
+        self.node = Some(view);
     }
 
     fn fail(&mut self, e: &ClusterError) -> Instant {
@@ -102,7 +116,7 @@ impl Labeler {
                     async move { api.get(&name).await },
                 )
                 .await?;
-            self.node = Some(NodeView::from_node(&node));
+            self.saw(NodeView::from_node(&node));
         }
         let (Some(desired), Some(node)) = (desired, self.node.as_ref()) else {
             return Ok(());
@@ -134,7 +148,7 @@ impl Labeler {
             Ok(node) => {
                 let shown: Vec<String> = want.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 tracing::info!(node = %self.opts.node_name, labels = %shown.join(","), "node labels applied");
-                self.node = Some(NodeView::from_node(&node));
+                self.saw(NodeView::from_node(&node));
                 self.status.send_modify(|s| {
                     s.applied = true;
                     s.labels = want;
@@ -229,7 +243,7 @@ pub async fn run(
                         // The answer to an apply can overtake the watch event of the one
                         // before it: an older view must not replace a newer one.
                         if !labels::is_older(&view, l.node.as_ref()) {
-                            l.node = Some(view);
+                            l.saw(view);
                             due.get_or_insert_with(Instant::now);
                         }
                     }

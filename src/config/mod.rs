@@ -260,6 +260,20 @@ pub struct Config {
     pub cdi: Option<CdiSettings>,
     /// The DRA driver's settings (its devices are the entries with [`Front::Dra`]).
     pub dra: DraSettings,
+    /// What happens to a device nodeprep bound once the config no longer wants it on vfio-pci.
+    pub release: Release,
+}
+
+/// What happens to a device nodeprep bound to vfio-pci once the config stops selecting it (or
+/// selects it for its host driver: `bind: none`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Release {
+    /// Given back to its original driver as soon as no pod or claim holds it.
+    #[default]
+    Auto,
+    /// Left on vfio-pci until `nodeprep unbind` (nodeprep's behaviour before the key existed).
+    Manual,
 }
 
 /// A device an entry takes, with the resource it will be advertised under.
@@ -288,6 +302,7 @@ struct RawConfig {
     node_labels: Option<RawNodeLabels>,
     cdi: Option<RawCdi>,
     dra: Option<RawDra>,
+    release: Option<String>,
     #[serde(flatten)]
     unknown: BTreeMap<String, serde_yaml::Value>,
 }
@@ -454,9 +469,17 @@ impl Config {
         unknown_keys(
             "config",
             &raw.unknown,
-            "pciHostDevices, permittedHostDevices, devices, countedResources, hugepages, nodeLabels, cdi, dra",
+            "pciHostDevices, permittedHostDevices, devices, countedResources, hugepages, nodeLabels, cdi, dra, release",
             &mut problems,
         );
+        let release = match raw.release.as_deref() {
+            None | Some("auto") => Release::Auto,
+            Some("manual") => Release::Manual,
+            Some(other) => {
+                problems.push(format!("release: {other:?} is not auto or manual"));
+                Release::Auto
+            }
+        };
 
         let mut host_devices: Vec<(String, RawHostDevice)> =
             raw.pci_host_devices.into_iter().enumerate().map(|(i, d)| (format!("pciHostDevices[{i}]"), d)).collect();
@@ -590,7 +613,7 @@ impl Config {
             }
         }
         if problems.is_empty() {
-            Ok(Config { entries, counted, hugepages, node_labels, cdi, dra })
+            Ok(Config { entries, counted, hugepages, node_labels, cdi, dra, release })
         } else {
             Err(ParseError::Invalid(problems))
         }
