@@ -1146,3 +1146,102 @@ section unprepare-again nodeprep dra unprepare $D --uid {DRA_UID_A}
         out.section("prepare-disk.stderr")
     );
 }
+
+/// e1000e and edu for device plugins, both bound at rest.
+const RELEASE_BOTH: &str = r#"
+devices:
+  - resourceName: nodeprep.io/e1000e
+    selectors: {vendors: ["8086"], devices: ["10d3"]}
+  - resourceName: nodeprep.io/edu
+    selectors: {vendors: ["1234"], devices: ["11e8"]}
+"#;
+
+/// e1000e no longer selected; edu at rest on its host driver (it has none in the guest).
+const RELEASE_EDU_AT_REST_HOST: &str = r#"
+devices:
+  - resourceName: nodeprep.io/edu
+    bind: none
+    selectors: {vendors: ["1234"], devices: ["11e8"]}
+"#;
+
+const RELEASE_POD: &str = "0c0ffee0-1111-4222-8333-944445555666";
+
+#[test]
+fn an_at_rest_change_for_a_device_a_pod_holds_waits_for_the_pod_then_goes_through_on_a_real_kernel() {
+    let dir = "/var/lib/kubelet/device-plugins";
+    let checkpoint = |pods: &str| {
+        format!(
+            r#"{{"Data":{{"PodDeviceEntries":[{pods}],"RegisteredDevices":{{"nodeprep.io/edu":["{EDU}"]}}}},"Checksum":1}}"#
+        )
+    };
+    let held = checkpoint(&format!(
+        r#"{{"PodUID":"{RELEASE_POD}","ContainerName":"compute","ResourceName":"nodeprep.io/edu","DeviceIDs":{{"-1":["{EDU}"]}},"AllocResp":"CgA="}}"#
+    ));
+    let free = checkpoint("");
+    let script = format!(
+        r#"{KERNEL_VIEW}
+CFG=/etc/nodeprep/config.yaml
+mkdir -p {dir}
+nodeprep --log-level info run --no-kube --resync 3600 --config $CFG > /tmp/run.log 2>&1 &
+RUN=$!
+i=0; while [ ! -S {dir}/nodeprep.io-edu.sock ] && [ $i -lt 200 ]; do usleep 50000; i=$((i+1)); done
+kernel_view -bound
+# A pod holds edu (the kubelet's checkpoint, written as the kubelet does: a new file renamed in).
+printf '%s' '{held}' > {dir}/.ckpt && mv {dir}/.ckpt {dir}/kubelet_internal_checkpoint
+# The admin changes the config: e1000e no longer selected, edu at rest on its host driver.
+cp /etc/nodeprep-next/edu-host.yaml $CFG.new && mv $CFG.new $CFG
+i=0; while ! grep -q pending-release /var/lib/nodeprep/status.json 2>/dev/null && [ $i -lt 200 ]; do usleep 50000; i=$((i+1)); done
+i=0; while [ "$(basename "$(readlink /sys/bus/pci/devices/{E1000E}/driver)")" != e1000e ] && [ $i -lt 200 ]; do usleep 50000; i=$((i+1)); done
+usleep 500000
+kernel_view -pending
+section status-pending nodeprep status -o json
+section status-text nodeprep status
+# The pod is gone: the kubelet's next checkpoint no longer lists it.
+T0=$(cut -d' ' -f1 /proc/uptime)
+printf '%s' '{free}' > {dir}/.ckpt && mv {dir}/.ckpt {dir}/kubelet_internal_checkpoint
+i=0; while [ -e /sys/bus/pci/devices/{EDU}/driver ] && [ $i -lt 400 ]; do usleep 20000; i=$((i+1)); done
+T1=$(cut -d' ' -f1 /proc/uptime)
+section took echo $T0 $T1
+kernel_view -released
+section status-after nodeprep status -o json
+section state-after cat /var/lib/nodeprep/bindings.json
+kill -TERM $RUN; wait $RUN
+section runlog cat /tmp/run.log
+"#
+    );
+    let out = Vm::new(Machine::Iommu)
+        .file("/etc/nodeprep/config.yaml", RELEASE_BOTH)
+        .file("/etc/nodeprep-next/edu-host.yaml", RELEASE_EDU_AT_REST_HOST)
+        .run(&script);
+    let log = || out.try_section("runlog").unwrap_or_default().to_owned();
+    let bound = drivers(&out, "kernel-pci-bound");
+    assert_eq!(bound[EDU].as_deref(), Some("vfio-pci"), "{}", log());
+    assert_eq!(bound[E1000E].as_deref(), Some("vfio-pci"), "{}", log());
+
+    // Pending: edu stays on vfio-pci while the pod holds it; e1000e, held by nobody, went back.
+    let pending = drivers(&out, "kernel-pci-pending");
+    assert_eq!(pending[EDU].as_deref(), Some("vfio-pci"), "a held device stays: {}", log());
+    assert_eq!(pending[E1000E].as_deref(), Some("e1000e"), "given back at once: {}", log());
+    let status = out.json("status-pending");
+    let waiting = status["pending"].as_array().expect("pending");
+    assert_eq!(waiting.len(), 1, "{status:#}");
+    assert_eq!(waiting[0]["address"], EDU, "{status:#}");
+    assert_eq!(waiting[0]["why"], "its config entry says bind: none", "{status:#}");
+    assert_eq!(waiting[0]["holder"]["uid"], RELEASE_POD, "{status:#}");
+    let text = out.section("status-text");
+    assert!(text.contains(&format!("{EDU} its config entry says bind: none: held by pod {RELEASE_POD}")), "{text}");
+
+    // The pod goes: edu is given back (to no driver: it had none) within moments.
+    let released = drivers(&out, "kernel-pci-released");
+    assert_eq!(released[EDU], None, "edu back to no driver: {}", log());
+    assert_eq!(released[E1000E].as_deref(), Some("e1000e"));
+    let took: Vec<f64> = out.section("took").split_whitespace().filter_map(|t| t.parse().ok()).collect();
+    let secs = took[1] - took[0];
+    println!("checkpoint without the pod -> edu given back: {:.2} s (TCG guest)", secs);
+    assert!(secs < 5.0, "given back on the checkpoint's change, not at the hourly resync: {secs} s");
+    let after = out.json("status-after");
+    assert_eq!(after["pending"], serde_json::json!([]), "{after:#}");
+    let state: Value = serde_json::from_str(out.section("state-after")).expect("bindings.json");
+    assert_eq!(state["devices"], serde_json::json!({}), "no record left: {state}");
+    assert!(log().contains("released"), "{}", log());
+}
