@@ -507,7 +507,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         watchers.push(tokio::spawn(pods::watch_departures(c.clone(), n.clone(), st.clone(), t, departed.clone())));
         watchers.push(tokio::spawn(pods::watch_maintenance(c, n, st, t, maintenance_tx)));
     }
-    let give = giveback::GiveBack {
+    let mut give = giveback::GiveBack {
         root: opts.root.clone(),
         plugin_dir: dp_dir,
         kernel: opts.kernel.clone(),
@@ -515,6 +515,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         pods,
         observer: observer.clone(),
         events: events.clone(),
+        monitor: None,
     };
     let mut memory = giveback::Memory::default();
 
@@ -527,9 +528,14 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     let started_with = config.clone();
     let (config_tx, config_rx) = watch::channel(config);
     let mut config_view = config_rx.clone();
-    let monitor_opts = MonitorOptions { rescan_interval: Some(opts.rescan_interval), ..MonitorOptions::default() };
+    let monitor_opts = MonitorOptions {
+        rescan_interval: Some(opts.rescan_interval),
+        plugin_dir: opts.plugin_dir.clone(),
+        ..MonitorOptions::default()
+    };
     let (monitor, devices) = Monitor::new(opts.root.clone(), config_rx, monitor_opts);
     let rescan = monitor.rescan_handle();
+    give.monitor = Some(rescan.clone());
     observer.set_monitor(monitor.stats());
     observer.set_devices(&devices.borrow());
     let mut devices_view = monitor.subscribe();

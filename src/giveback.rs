@@ -41,6 +41,9 @@ pub struct GiveBack {
     pub observer: Observer,
     pub events: Recorder,
     pub node: Option<String>,
+    /// The device monitor, told which pods are gone (a renamed device they held is offered
+    /// under its new name then); set once the monitor runs.
+    pub monitor: Option<crate::deviceplugin::monitor::RescanHandle>,
 }
 
 /// What the agent remembers between rounds for the report.
@@ -118,6 +121,9 @@ impl GiveBack {
             match crate::cluster::pods::list(&p.client, &p.node, &p.stats, p.timeout).await {
                 Ok(listed) => {
                     let view = crate::cluster::pods::view(&waiting, listed);
+                    if let Some(m) = &self.monitor {
+                        m.pods_gone(&view.gone);
+                    }
                     memory.names = view.clone();
                     if let Some(again) =
                         tokio::task::spawn_blocking(self.round_blocking(config, view)).await.ok().flatten()
@@ -125,7 +131,7 @@ impl GiveBack {
                         // The first round's restores happened; keep both rounds' outcomes.
                         let mut outcomes = released.outcomes;
                         outcomes.extend(again.outcomes);
-                        released = Released { plan: again.plan, outcomes };
+                        released = Released { plan: again.plan, outcomes, renames: again.renames };
                     }
                 }
                 Err(e) => {
@@ -145,7 +151,11 @@ impl GiveBack {
                 _ => tracing::info!(plan = %p, "released"),
             }
         }
-        memory.pending = released.plan.iter().filter(|p| matches!(p.action, ReleaseAction::Pending { .. })).count();
+        for r in &released.renames {
+            tracing::info!(device = %r.address, from = %r.from, to = %r.to, holder = %r.holder, "rename pending");
+        }
+        memory.pending = released.plan.iter().filter(|p| matches!(p.action, ReleaseAction::Pending { .. })).count()
+            + released.renames.len();
         self.observer.set_pending_release(memory.pending);
         Some(released)
     }

@@ -116,7 +116,7 @@ Examples:\n  nodeprep unbind\n  nodeprep unbind 0000:3b:00.0 0000:3b:00.1\n  nod
 root) and refreshes each device's driver and holders from the host; with --config the device table is \
 built from that config instead (a node without an agent). Holders come from the kubelet's device-plugin \
 checkpoint and nodeprep's DRA claims. STATE is ready, held, pending-release (the config no longer wants \
-it on vfio-pci; it goes back once free), kept (release: manual), refused, not-bound or gone.\n\n\
+it on vfio-pci; it goes back once free), rename-pending (a pod holds it under its old resource name), kept (release: manual), refused, not-bound or gone.\n\n\
 Exit status: 0, or 2 when there is neither a report nor --config, or the host cannot be read.\n\n\
 Examples:\n  oc debug node/worker-0 -- chroot /host nodeprep status\n  \
 nodeprep status -o json | jq '.devices[] | {address, driver, heldBy}'")]

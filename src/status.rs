@@ -55,8 +55,9 @@ pub struct DeviceStatus {
     pub serves: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_by: Option<Holder>,
-    /// `ready`, `held`, `pending-release`, `kept` (release: manual), `refused`, `gone`,
-    /// `not-bound` (on its host driver, bound when a claim is prepared or by the next bind).
+    /// `ready`, `held`, `pending-release`, `rename-pending` (held under its old resource name),
+    /// `kept` (release: manual), `refused`, `gone`, `not-bound` (on its host driver, bound when
+    /// a claim is prepared or by the next bind).
     pub state: String,
 }
 
@@ -104,6 +105,9 @@ pub struct StatusReport {
     /// Devices the config no longer wants on vfio-pci that a holder keeps there.
     #[serde(default)]
     pub pending: Vec<ReleasePlan>,
+    /// Devices a pod holds under a resource name the config no longer gives them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub renames: Vec<release::Rename>,
     /// The last refusals, newest last.
     #[serde(default)]
     pub refusals: Vec<Refusal>,
@@ -193,6 +197,7 @@ pub struct Gathered {
     pub holders: BTreeMap<PciAddress, Holder>,
     pub claims: Vec<Claim>,
     pub release: Vec<ReleasePlan>,
+    pub renames: Vec<release::Rename>,
 }
 
 /// Reads the host for a report: the inventory, nodeprep's bind records, the kubelet's
@@ -222,16 +227,36 @@ pub fn gather(
     let holders = release::holders(&allocations, pods, dra_holders);
     let wanted = release::wanted(config, &claims);
     let release = release::plan_release(&inv, &state, &wanted, &holders, config.release);
-    Ok(Gathered { inv, state, holders, claims, release })
+    let plugin_claims: Vec<(PciAddress, String)> = claims
+        .iter()
+        .filter(|c| config.front(c) == Front::DevicePlugin)
+        .map(|c| (c.address, c.resource_name.clone()))
+        .collect();
+    let renames = release::renames(&plugin_claims, &holders);
+    Ok(Gathered { inv, state, holders, claims, release, renames })
 }
 
 impl StatusReport {
     /// Pure: the report from what [`gather`] read, the refusals and the maintenance.
     pub fn build(config: &Config, g: &Gathered, refusals: Vec<Refusal>, maintenance: Maintenance) -> StatusReport {
         let refused: BTreeSet<PciAddress> = refusals.iter().map(|r| r.address).collect();
-        let devices = devices(&g.inv, config, &g.claims, &g.state, &g.holders, &refused, &g.release);
+        let mut devices = devices(&g.inv, config, &g.claims, &g.state, &g.holders, &refused, &g.release);
+        for d in &mut devices {
+            if g.renames.iter().any(|r| r.address == d.address) {
+                d.state = "rename-pending".into();
+            }
+        }
         let pending = g.release.iter().filter(|p| matches!(p.action, ReleaseAction::Pending { .. })).cloned().collect();
-        StatusReport { node: None, written: None, release: config.release, maintenance, devices, pending, refusals }
+        StatusReport {
+            node: None,
+            written: None,
+            release: config.release,
+            maintenance,
+            devices,
+            pending,
+            renames: g.renames.clone(),
+            refusals,
+        }
     }
 
     /// Refreshes what changes behind the agent's back: each device's driver and holder.

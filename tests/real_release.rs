@@ -1,6 +1,7 @@
 //! Giving devices back and node maintenance with the upstream components (built from source,
 //! `support::k8s`): a pod the real scheduler placed holds the Quadro through nodeprep's device
-//! plugin; the node is cordoned and put under a NodeMaintenance (its CRD installed in the real
+//! plugin; its resource is renamed while the pod holds it (unhealthy under the new name until the
+//! pod goes, then a new pod gets it); the node is cordoned and put under a NodeMaintenance (its CRD installed in the real
 //! API server); the config stops selecting the Quadro while the pod holds it, so the device is
 //! pending (an Event naming the pod, the metric, `nodeprep status`); the pod is deleted and the
 //! whole IOMMU group goes back to its drivers at once; the node is uncordoned.
@@ -22,6 +23,7 @@ use support::k8s::{Cluster, NODE, Spec, device_pod};
 use support::machines::intel::{GPU_B, GPU_B_AUDIO};
 
 const RESOURCE: &str = "nvidia.com/quadro";
+const RENAMED: &str = "nvidia.com/quadro_vm";
 const WAIT: Duration = Duration::from_secs(60);
 
 fn repo(path: &str) -> PathBuf {
@@ -102,6 +104,28 @@ fn a_device_dropped_while_a_pod_holds_it_waits_for_the_drain_then_goes_back_at_o
     assert_eq!(driver_of(&root, GPU_B_AUDIO).as_deref(), Some("vfio-pci"));
     c.create(&device_pod(RESOURCE, "vm-gpu", None));
     c.wait_for("vm-gpu Running", WAIT, |c| {
+        c.object("/api/v1/namespaces/default/pods/vm-gpu").filter(|p| p["status"]["phase"] == "Running").map(|_| ())
+    });
+
+    // The resource is renamed while the pod holds the device: offered under the new name, but
+    // unhealthy (not allocatable) until the pod lets go; then allocatable, and a pod gets it.
+    let renamed = selects.replace(RESOURCE, RENAMED);
+    replace_file(&config_path, &renamed);
+    let waiting = c.wait_for("DeviceRenamePending", WAIT, |c| event_with(c, "DeviceRenamePending", GPU_B));
+    assert!(waiting.contains(&format!("allocated as {RESOURCE} to pod default/vm-gpu")), "{waiting}");
+    c.wait_for("the new name counted, not allocatable", WAIT, |c| {
+        (c.node_quantity("capacity", RENAMED) == Some(1) && c.node_quantity("allocatable", RENAMED) == Some(0))
+            .then_some(())
+    });
+    assert_eq!(status(&root)["renames"][0]["to"], RENAMED);
+    c.kubectl_ok(&["delete", "pod", "vm-gpu", "--wait=false"]);
+    c.wait_for("the new name allocatable", WAIT, |c| {
+        (c.node_quantity("allocatable", RENAMED) == Some(1)).then_some(())
+    });
+    assert_eq!(driver_of(&root, GPU_B).as_deref(), Some("vfio-pci"), "a rename never unbinds");
+    c.wait_for("vm-gpu gone", WAIT, |c| c.object("/api/v1/namespaces/default/pods/vm-gpu").is_none().then_some(()));
+    c.create(&device_pod(RENAMED, "vm-gpu", None));
+    c.wait_for("vm-gpu Running as the new name", WAIT, |c| {
         c.object("/api/v1/namespaces/default/pods/vm-gpu").filter(|p| p["status"]["phase"] == "Running").map(|_| ())
     });
 

@@ -238,3 +238,43 @@ fn status_shows_drivers_holders_and_what_waits() {
     assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
     assert!(stderr(&o).contains("no agent report") && stderr(&o).contains("--config"), "{}", stderr(&o));
 }
+
+#[tokio::test]
+async fn a_device_renamed_while_a_pod_holds_it_is_offered_unhealthy_under_the_new_name_until_the_pod_is_gone() {
+    use nodeprep::deviceplugin::monitor::{Event, Monitor, MonitorOptions};
+    use tokio_stream::wrappers::UnboundedReceiverStream;
+
+    let (t, sim) = quadro_bound();
+    checkpoint(&plugins(&t), "nvidia.com/quadro_rtx_6000", &[intel::GPU_B]);
+    let renamed = QUADRO.replace("nvidia.com/quadro_rtx_6000", "nvidia.com/quadro_vm");
+    let (_config_tx, config_rx) = tokio::sync::watch::channel(std::sync::Arc::new(config(&renamed)));
+    let opts = MonitorOptions { rescan_interval: None, ..MonitorOptions::default() };
+    let (monitor, mut devices) = Monitor::new(HostRoot::new(t.root()), config_rx, opts);
+    let handle = monitor.rescan_handle();
+    let first = devices.borrow_and_update().clone();
+    let gpu = &first["nvidia.com/quadro_vm"][0];
+    assert!(!gpu.healthy, "withheld from the new name while held as the old one: {first:?}");
+    let problem = gpu.problem.clone().unwrap_or_default();
+    assert!(problem.contains(&format!("allocated as nvidia.com/quadro_rtx_6000 to pod {POD}")), "{problem}");
+    assert!(problem.ends_with("offered as nvidia.com/quadro_vm once free"), "{problem}");
+
+    // The same in the release round, for its Event and `nodeprep status`.
+    let mut round = sim.restarted();
+    let r = release(&t, &mut round, &renamed, &PodView::default(), Vec::new());
+    assert_eq!(r.renames.len(), 1, "{r:#?}");
+    assert_eq!(r.pending_pods(), BTreeSet::from([POD.to_owned()]));
+    assert!(r.outcomes.is_empty() && round.log.is_empty(), "a rename writes nothing to sysfs");
+
+    // The API server says the pod is gone: the device is offered healthy under its new name.
+    let (events, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let task = tokio::spawn(monitor.run_with(UnboundedReceiverStream::new(rx), std::future::pending::<()>()));
+    handle.pods_gone(&BTreeSet::from([POD.to_owned()]));
+    tokio::time::timeout(std::time::Duration::from_secs(10), devices.changed())
+        .await
+        .expect("a new device list")
+        .expect("monitor alive");
+    let now = devices.borrow().clone();
+    assert!(now["nvidia.com/quadro_vm"][0].healthy, "{now:?}");
+    drop(events);
+    task.abort();
+}

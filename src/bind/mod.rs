@@ -103,16 +103,23 @@ pub fn bind_per_config<K: Kernel>(
 pub struct Released {
     pub plan: Vec<ReleasePlan>,
     pub outcomes: Vec<DeviceOutcome>,
+    /// Devices a pod holds under a resource name the config no longer gives them.
+    pub renames: Vec<release::Rename>,
 }
 
 impl Released {
-    /// The pods (UIDs) that hold a pending device.
+    /// The pods (UIDs) that hold a pending device or a device waiting for its new name.
     pub fn pending_pods(&self) -> std::collections::BTreeSet<String> {
-        self.plan
-            .iter()
-            .filter_map(|p| match &p.action {
-                ReleaseAction::Pending { holder: crate::model::Holder::Pod { uid, .. } } => Some(uid.clone()),
-                _ => None,
+        let renamed = self.renames.iter().map(|r| &r.holder);
+        let pending = self.plan.iter().filter_map(|p| match &p.action {
+            ReleaseAction::Pending { holder } => Some(holder),
+            _ => None,
+        });
+        pending
+            .chain(renamed)
+            .filter_map(|h| match h {
+                crate::model::Holder::Pod { uid, .. } => Some(uid.clone()),
+                crate::model::Holder::Claim { .. } => None,
             })
             .collect()
     }
@@ -121,7 +128,7 @@ impl Released {
 /// Gives back, through `kernel`, every recorded device the config no longer wants on vfio-pci
 /// and nothing holds ([`release`]). `pods` says which pods of the kubelet's checkpoint are
 /// gone; `claims` lists the DRA claims' devices, read under the bind records' lock (a Prepare
-/// takes the same lock). Nothing is read when nothing is recorded.
+/// takes the same lock). Also says which devices wait for a new resource name ([`release::renames`]).
 pub fn release_per_config<K: Kernel>(
     root: &HostRoot,
     config: &Config,
@@ -131,9 +138,6 @@ pub fn release_per_config<K: Kernel>(
     kernel: &mut K,
 ) -> Result<Released, BindError> {
     let mut state = State::lock(root)?;
-    if state.devices.is_empty() {
-        return Ok(Released::default());
-    }
     let inv =
         host::pci::discover(root).map_err(|source| BindError::Discover { root: root.path().to_owned(), source })?;
     let claimed = config.claims_with(&inv, &state.original_drivers()).map_err(BindError::Claims)?;
@@ -143,11 +147,17 @@ pub fn release_per_config<K: Kernel>(
     let dra = claims().map_err(BindError::Holders)?;
     let holders = release::holders(&allocations, pods, dra);
     let plan = plan_release(&inv, &state, &wanted, &holders, config.release);
+    let plugin_claims: Vec<(crate::model::PciAddress, String)> = claimed
+        .iter()
+        .filter(|c| config.front(c) == crate::config::Front::DevicePlugin)
+        .map(|c| (c.address, c.resource_name.clone()))
+        .collect();
+    let renames = release::renames(&plugin_claims, &holders);
     let restores = release::restores(&plan);
     let outcomes = if restores.is_empty() {
         Vec::new()
     } else {
         Applier::new(root, kernel).apply_unbind(&restores, &mut state)?
     };
-    Ok(Released { plan, outcomes })
+    Ok(Released { plan, outcomes, renames })
 }

@@ -162,6 +162,38 @@ pub fn plan_release(
     out
 }
 
+/// A device whose resource name the config changed while a pod holds it under the old name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rename {
+    pub address: PciAddress,
+    pub from: String,
+    pub to: String,
+    pub holder: Holder,
+}
+
+impl Rename {
+    /// Why the device is unhealthy under its new name until the holder lets it go.
+    pub fn problem(&self) -> String {
+        format!("allocated as {} to {}: offered as {} once free", self.from, self.holder, self.to)
+    }
+}
+
+/// Pure: the devices the config now advertises under another resource name than the one a
+/// pod holds them as. Until the pod lets go they are offered unhealthy under the new name, or
+/// the kubelet, which counts each resource on its own, would give the device to a second pod.
+pub fn renames(claims: &[(PciAddress, String)], holders: &BTreeMap<PciAddress, Holder>) -> Vec<Rename> {
+    claims
+        .iter()
+        .filter_map(|(a, to)| match holders.get(a)? {
+            h @ Holder::Pod { resource, .. } if resource != to => {
+                Some(Rename { address: *a, from: resource.clone(), to: to.clone(), holder: h.clone() })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// The restores of a release plan, as [`super::Applier::apply_unbind`] takes them.
 pub fn restores(plan: &[ReleasePlan]) -> Vec<RestorePlan> {
     plan.iter()
@@ -336,6 +368,22 @@ mod tests {
         // Driverless (a crash between unbind and probe): restored to what it had, none.
         assert_eq!(by["0000:02:00.0"].action, ReleaseAction::Restore { to: None });
         assert_eq!(by["0000:09:00.0"].action, ReleaseAction::Gone);
+    }
+
+    #[test]
+    fn a_device_renamed_while_a_pod_holds_it_under_the_old_name_waits() {
+        let holders = pod_holding("0000:01:00.0");
+        let claims = [
+            (addr("0000:01:00.0"), "nvidia.com/quadro".to_owned()),
+            (addr("0000:02:00.0"), "intel.com/nic".to_owned()),
+        ];
+        let r = renames(&claims, &holders);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!((r[0].from.as_str(), r[0].to.as_str()), ("nvidia.com/gpu", "nvidia.com/quadro"));
+        assert!(r[0].problem().starts_with("allocated as nvidia.com/gpu to pod default/vm"), "{}", r[0].problem());
+        // Held under the name it has: nothing to wait for.
+        let same = [(addr("0000:01:00.0"), "nvidia.com/gpu".to_owned())];
+        assert!(renames(&same, &holders).is_empty());
     }
 
     #[test]

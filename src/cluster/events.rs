@@ -256,6 +256,20 @@ impl Recorder {
                 None => self.forget(&subject),
             }
         }
+        let renamed: std::collections::BTreeSet<String> =
+            released.renames.iter().map(|r| format!("rename-{}", r.address)).collect();
+        for r in &released.renames {
+            let ev = NodeEvent::warning(
+                "DeviceRenamePending",
+                format!("{} is {}; it stays unhealthy as {} until then", r.address, r.problem(), r.to),
+            );
+            self.record(&format!("rename-{}", r.address), ev);
+        }
+        // A rename that went through: its next wait is news again.
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| !k.starts_with("rename-") || renamed.contains(k));
     }
 
     /// Queues the Events for bind or unbind outcomes.

@@ -27,6 +27,7 @@
 //! The config comes on a `watch::Receiver<Arc<Config>>`: the caller owns the sender and
 //! hot-reloads by sending a new `Arc<Config>`; the monitor rescans on every change.
 
+use std::collections::BTreeSet;
 use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
@@ -62,6 +63,8 @@ pub struct MonitorOptions {
     pub debounce: Duration,
     /// How long the uevent source rests after a read error other than overflow.
     pub error_backoff: Duration,
+    /// The kubelet's device-plugin directory (its checkpoint); default under the host root.
+    pub plugin_dir: Option<PathBuf>,
 }
 
 impl Default for MonitorOptions {
@@ -71,6 +74,7 @@ impl Default for MonitorOptions {
             jitter: Duration::from_secs(6),
             debounce: Duration::from_millis(3),
             error_backoff: Duration::from_secs(1),
+            plugin_dir: None,
         }
     }
 }
@@ -196,11 +200,24 @@ pub enum MonitorError {
 /// Asks a running monitor for a rescan (after nodeprep itself bound devices, say). Requests
 /// made while one is pending coalesce.
 #[derive(Debug, Clone)]
-pub struct RescanHandle(Arc<Notify>);
+pub struct RescanHandle {
+    notify: Arc<Notify>,
+    gone: Arc<std::sync::Mutex<BTreeSet<String>>>,
+}
 
 impl RescanHandle {
     pub fn rescan(&self) {
-        self.0.notify_one();
+        self.notify.notify_one();
+    }
+
+    /// The pods of the kubelet's checkpoint the API server says are gone: a device they hold
+    /// under an old resource name is no longer withheld from its new one. Rescans on a change.
+    pub fn pods_gone(&self, gone: &BTreeSet<String>) {
+        let mut g = self.gone.lock().unwrap_or_else(|p| p.into_inner());
+        if *g != *gone {
+            g.clone_from(gone);
+            self.notify.notify_one();
+        }
     }
 }
 
@@ -215,6 +232,8 @@ pub struct Monitor {
     /// The inventory of the last good scan, published when it changes.
     inventory: watch::Sender<Option<Arc<PciInventory>>>,
     notify: Arc<Notify>,
+    /// Pods of the kubelet's checkpoint known to be gone ([`RescanHandle::pods_gone`]).
+    gone: Arc<std::sync::Mutex<BTreeSet<String>>>,
 }
 
 impl Monitor {
@@ -234,10 +253,11 @@ impl Monitor {
             stats: Arc::new(MonitorStats::default()),
             inventory: watch::Sender::new(None),
             notify: Arc::new(Notify::new()),
+            gone: Arc::default(),
         };
         let cfg = m.config.borrow_and_update().clone();
         let started = std::time::Instant::now();
-        let outcome = scan(&m.root, &cfg, None);
+        let outcome = scan(&m.root, &cfg, None, &m.opts.plugin_dir, &BTreeSet::new());
         // The first value is not an update: receivers subscribe after it, and start with it.
         m.apply(outcome, started.elapsed());
         let rx = m.tx.subscribe();
@@ -262,7 +282,7 @@ impl Monitor {
 
     /// A handle to ask for a rescan.
     pub fn rescan_handle(&self) -> RescanHandle {
-        RescanHandle(self.notify.clone())
+        RescanHandle { notify: self.notify.clone(), gone: self.gone.clone() }
     }
 
     /// Runs on the host's own events: the kernel's uevent socket and inotify on `/dev/vfio`
@@ -347,7 +367,8 @@ impl Monitor {
         let config = self.config.borrow_and_update().clone();
         let last = self.inventory.borrow().clone();
         let started = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || scan(&root, &config, last)).await {
+        let (dir, gone) = (self.opts.plugin_dir.clone(), self.gone.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        match tokio::task::spawn_blocking(move || scan(&root, &config, last, &dir, &gone)).await {
             Ok(outcome) => {
                 let took = started.elapsed();
                 if self.apply(outcome, took) {
@@ -408,8 +429,16 @@ struct ScanOutcome {
     devices: Option<Result<ResourceDevices, Vec<String>>>,
 }
 
-/// Discovers the inventory and computes the devices (blocking: sysfs reads).
-fn scan(root: &HostRoot, config: &Config, last: Option<Arc<PciInventory>>) -> ScanOutcome {
+/// Discovers the inventory and computes the devices (blocking: sysfs reads). A device a pod
+/// holds under another resource name (the kubelet's checkpoint in `plugin_dir`, pods in `gone`
+/// aside) is offered unhealthy under its new one ([`crate::bind::release::renames`]).
+fn scan(
+    root: &HostRoot,
+    config: &Config,
+    last: Option<Arc<PciInventory>>,
+    plugin_dir: &Option<PathBuf>,
+    gone: &BTreeSet<String>,
+) -> ScanOutcome {
     let (inventory, error) = match crate::host::pci::discover(root) {
         Ok(inv) => (Some(Arc::new(inv)), None),
         Err(e) => (last, Some(e.to_string())),
@@ -422,8 +451,42 @@ fn scan(root: &HostRoot, config: &Config, last: Option<Arc<PciInventory>>) -> Sc
             Default::default()
         }
     };
-    let devices = inventory.as_deref().map(|inv| devices_for(inv, config, &original));
+    let mut devices = inventory.as_deref().map(|inv| devices_for(inv, config, &original));
+    if let Some(Ok(d)) = devices.as_mut() {
+        withhold_renamed(root, plugin_dir.as_deref(), gone, d);
+    }
     ScanOutcome { inventory, error, devices }
+}
+
+/// Marks unhealthy every device a pod holds under another resource name than the one it is
+/// offered as now. Only read when the devices could be such (nodeprep's own plugins).
+fn withhold_renamed(
+    root: &HostRoot,
+    plugin_dir: Option<&std::path::Path>,
+    gone: &BTreeSet<String>,
+    d: &mut ResourceDevices,
+) {
+    let dir = crate::host::kubelet::plugin_dir(root, plugin_dir);
+    let allocations = match crate::host::kubelet::read_allocations(&dir) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the kubelet's checkpoint: renamed devices are not checked for holders");
+            return;
+        }
+    };
+    if allocations.is_empty() {
+        return;
+    }
+    let view = crate::model::PodView { names: Default::default(), gone: gone.clone() };
+    let holders = crate::bind::release::holders(&allocations, &view, []);
+    let claims: Vec<(crate::model::PciAddress, String)> =
+        d.iter().flat_map(|(r, devs)| devs.iter().map(move |x| (x.address, r.clone()))).collect();
+    for rename in crate::bind::release::renames(&claims, &holders) {
+        if let Some(x) = d.get_mut(&rename.to).and_then(|v| v.iter_mut().find(|x| x.address == rename.address)) {
+            x.healthy = false;
+            x.problem = Some(rename.problem());
+        }
+    }
 }
 
 pub(crate) fn random() -> u64 {

@@ -72,6 +72,12 @@ pub fn render(r: &StatusReport) -> String {
             }
         }
     }
+    if !r.renames.is_empty() {
+        let _ = writeln!(out, "\nwaiting for a new resource name:");
+        for n in &r.renames {
+            let _ = writeln!(out, "  {} {}", n.address, n.problem());
+        }
+    }
     if !r.refusals.is_empty() {
         let _ = writeln!(out, "\nrefused (last bind):");
         for f in &r.refusals {
