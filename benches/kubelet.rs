@@ -5,12 +5,15 @@
 //! percentiles (5 ms first), but its `_sum` is exact: one pod admitted at a time, each one's
 //! Allocate is the `_sum`'s increase. Read through the API server's node proxy.
 //!
-//! Prints p50, p99 and max over `NODEPREP_ALLOC_SAMPLES` pods (100 by default).
+//! Prints p50, p99 and max over `NODEPREP_ALLOC_SAMPLES` pods (100 by default). Then giving
+//! devices back ([`giveback`]): a release round, and a drain with the real kubelet.
 //!
 //! `cargo bench --bench kubelet`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+mod giveback;
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +40,11 @@ fn allocate_histogram(c: &Cluster) -> (f64, u64) {
 }
 
 fn main() {
+    allocate_latency();
+    giveback::run();
+}
+
+fn allocate_latency() {
     let samples: usize = std::env::var("NODEPREP_ALLOC_SAMPLES").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
     let c = Cluster::start(Spec { kubelet: true, controllers: true });
     let tree = support::big_sriov(1, 8);

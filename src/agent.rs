@@ -516,13 +516,13 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         observer: observer.clone(),
         events: events.clone(),
         monitor: None,
+        inventory: None,
     };
     let mut memory = giveback::Memory::default();
 
     let config = Arc::new(config);
     let (mut bind_ok, refused) = prepare_host(&opts, config.clone(), &observer, &events).await;
     memory.refused(&refused);
-    giveback::settle(&give, config.clone(), &mut memory, opts.bind).await;
     let counted = counted_specs(&config);
     let cdi = config.cdi.as_ref().map(|c| Arc::new(CdiSpec::open(&opts.root, c)));
     let started_with = config.clone();
@@ -536,6 +536,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     let (monitor, devices) = Monitor::new(opts.root.clone(), config_rx, monitor_opts);
     let rescan = monitor.rescan_handle();
     give.monitor = Some(rescan.clone());
+    give.inventory = Some(monitor.inventory_updates());
     observer.set_monitor(monitor.stats());
     observer.set_devices(&devices.borrow());
     let mut devices_view = monitor.subscribe();
@@ -559,6 +560,10 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         refresh_dra(d, &opts.root, inv, cfg).await;
     }
     tracing::info!(plugins = handle.status().len(), dir = %handle.plugin_dir().display(), "device plugins serving");
+    // Give back what an earlier config left bound, once the plugins serve (not before: a big
+    // host's start stays quick).
+    let cfg = config_view.borrow().clone();
+    giveback::settle(&give, cfg, &mut memory, opts.bind).await;
     observer.set_plugins(handle.status());
 
     // Labels: from the monitor's first scan, then on every change of their inputs.

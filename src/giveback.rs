@@ -44,6 +44,9 @@ pub struct GiveBack {
     /// The device monitor, told which pods are gone (a renamed device they held is offered
     /// under its new name then); set once the monitor runs.
     pub monitor: Option<crate::deviceplugin::monitor::RescanHandle>,
+    /// The monitor's latest inventory, for the report (no discovery of its own); set once the
+    /// monitor runs.
+    pub inventory: Option<tokio::sync::watch::Receiver<Option<Arc<crate::model::PciInventory>>>>,
 }
 
 /// What the agent remembers between rounds for the report.
@@ -181,9 +184,11 @@ impl GiveBack {
         }
         let (root, dir, view) = (self.root.clone(), self.plugin_dir.clone(), memory.names.clone());
         let (refusals, maintenance) = (memory.refusals.clone(), memory.maintenance.clone());
+        // Cloned out in a statement of its own: no channel lock across the await below.
+        let inv: Option<Arc<crate::model::PciInventory>> = self.inventory.as_ref().and_then(|i| i.borrow().clone());
         let built = tokio::task::spawn_blocking(move || {
             let holders = dra_holders(&root).unwrap_or_default();
-            crate::status::gather(&root, &config, &dir, &view, holders)
+            crate::status::gather(&root, inv, &config, &dir, &view, holders)
                 .map(|g| StatusReport::build(&config, &g, refusals, maintenance))
         })
         .await;

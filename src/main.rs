@@ -202,13 +202,13 @@ nodeprep machineconfig --iommu intel --config config.yaml   # vfio ids from the 
         iommu: Option<IommuVendor>,
         /// vendor:device ids for vfio-pci early binding, comma-separated.
         #[arg(long, value_name = "IDS", value_parser = parse_ids)]
-        vfio_ids: Option<Vec<(u16, u16)>>,
+        vfio_ids: Option<std::vec::Vec<(u16, u16)>>,
         /// Also take vfio ids from the config's entries that bind vendor:device selections.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Hugepages reserved at boot: SIZE:COUNT, comma-separated (1Gi:16,2Mi:1024).
         #[arg(long, value_name = "LIST", value_parser = parse_pages)]
-        hugepages: Option<Vec<HugepageRequest>>,
+        hugepages: Option<std::vec::Vec<HugepageRequest>>,
     },
     /// Set the huge page pools the config's `hugepages:` section names, now, without a reboot.
     #[command(after_help = "Only the config's hugepages section is applied (what `nodeprep run` also does). \
@@ -690,7 +690,7 @@ fn run_status(
     let report = match config {
         Some(path) => {
             let config = Config::load(path)?;
-            let g = nodeprep::status::gather(root, &config, plugin_dir, &Default::default(), claims)?;
+            let g = nodeprep::status::gather(root, None, &config, plugin_dir, &Default::default(), claims)?;
             StatusReport::build(&config, &g, Vec::new(), Default::default())
         }
         None => {

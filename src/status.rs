@@ -192,7 +192,7 @@ pub fn devices(
 
 /// What [`gather`] reads besides the config: nodeprep's records and both checkpoints.
 pub struct Gathered {
-    pub inv: PciInventory,
+    pub inv: std::sync::Arc<PciInventory>,
     pub state: State,
     pub holders: BTreeMap<PciAddress, Holder>,
     pub claims: Vec<Claim>,
@@ -200,18 +200,24 @@ pub struct Gathered {
     pub renames: Vec<release::Rename>,
 }
 
-/// Reads the host for a report: the inventory, nodeprep's bind records, the kubelet's
-/// checkpoint in `plugin_dir` (every allocation counts: `pods` says which pods are gone) and
-/// the DRA claims `dra_holders` lists.
+/// Reads the host for a report: the inventory (`inv`, or discovered now), nodeprep's bind
+/// records, the kubelet's checkpoint in `plugin_dir` (every allocation counts: `pods` says
+/// which pods are gone) and the DRA claims `dra_holders` lists.
 pub fn gather(
     root: &HostRoot,
+    inv: Option<std::sync::Arc<PciInventory>>,
     config: &Config,
     plugin_dir: &std::path::Path,
     pods: &PodView,
     dra_holders: Vec<(PciAddress, Holder)>,
 ) -> Result<Gathered, StatusError> {
-    let inv = crate::host::pci::discover(root)
-        .map_err(|e| StatusError::Discover { root: root.path().to_owned(), message: e.to_string() })?;
+    let inv = match inv {
+        Some(inv) => inv,
+        None => std::sync::Arc::new(
+            crate::host::pci::discover(root)
+                .map_err(|e| StatusError::Discover { root: root.path().to_owned(), message: e.to_string() })?,
+        ),
+    };
     let state = State::load(root).map_err(|e| StatusError::Io {
         op: "read",
         path: State::path(root),

@@ -138,12 +138,16 @@ pub fn release_per_config<K: Kernel>(
     kernel: &mut K,
 ) -> Result<Released, BindError> {
     let mut state = State::lock(root)?;
+    // Fail closed, as the bind does: unknown holders protect nothing.
+    let allocations = host::kubelet::read_allocations(plugin_dir).map_err(BindError::Allocations)?;
+    if state.devices.is_empty() && allocations.is_empty() {
+        // Nothing to give back and nothing held under an old name: no discovery.
+        return Ok(Released::default());
+    }
     let inv =
         host::pci::discover(root).map_err(|source| BindError::Discover { root: root.path().to_owned(), source })?;
     let claimed = config.claims_with(&inv, &state.original_drivers()).map_err(BindError::Claims)?;
     let wanted = release::wanted(config, &claimed);
-    // Fail closed, as the bind does: unknown holders protect nothing.
-    let allocations = host::kubelet::read_allocations(plugin_dir).map_err(BindError::Allocations)?;
     let dra = claims().map_err(BindError::Holders)?;
     let holders = release::holders(&allocations, pods, dra);
     let plan = plan_release(&inv, &state, &wanted, &holders, config.release);
