@@ -100,6 +100,11 @@ pub fn spec(kind: &str, devices: &BTreeMap<String, ContainerEdits>) -> Spec {
     }
 }
 
+/// Pure: a spec file read back (what [`CdiSpec::open`] loads).
+pub fn parse_spec(bytes: &[u8]) -> Result<Spec, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
 /// nodeprep's spec file and what it holds now.
 #[derive(Debug)]
 pub struct CdiSpec {
@@ -116,7 +121,7 @@ impl CdiSpec {
     pub fn open(root: &HostRoot, settings: &CdiSettings) -> CdiSpec {
         let path = root.resolve(Path::new(&settings.spec_dir).join(spec_file_name(&settings.kind)));
         let devices = match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<Spec>(&bytes) {
+            Ok(bytes) => match parse_spec(&bytes) {
                 Ok(s) if s.kind == settings.kind => {
                     s.devices.into_iter().map(|d| (d.name, d.container_edits)).collect::<BTreeMap<_, _>>()
                 }

@@ -84,13 +84,16 @@ impl Checkpoint {
         root.join(CHECKPOINT_FILE)
     }
 
+    /// Pure: the checkpoint file's contents; the error says what is wrong with them.
+    pub fn parse(bytes: &[u8]) -> Result<Checkpoint, String> {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    }
+
     /// Reads the checkpoint; an absent file is an empty one.
     pub fn load(root: &HostRoot) -> Result<Checkpoint, CheckpointError> {
         let path = Checkpoint::path(root);
         match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| CheckpointError::Corrupt { path, problem: e.to_string() })
-            }
+            Ok(bytes) => Checkpoint::parse(&bytes).map_err(|problem| CheckpointError::Corrupt { path, problem }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Checkpoint { version: 1, claims: BTreeMap::new() }),
             Err(source) => Err(CheckpointError::Io { path, op: "read", source }),
         }

@@ -119,7 +119,12 @@ pub fn claim_allocation(claim: &Value, driver: &str) -> Result<ClaimAllocation, 
             _ => return Err(format!("ResourceClaim {claim_ref}: a result for {driver} lacks request, pool or device")),
         }
     }
-    Ok(ClaimAllocation { claim: claim_ref, pod_claim_name: text(&meta["annotations"][POD_CLAIM_NAME]), results: out })
+    // A template claim's name in the pod: a directory of the container's metadata path.
+    let pod_claim_name = text(&meta["annotations"][POD_CLAIM_NAME]);
+    if let Some(p) = pod_claim_name.as_deref().filter(|p| !p.is_empty() && !safe(p)) {
+        return Err(format!("ResourceClaim {claim_ref}: its {POD_CLAIM_NAME} annotation {p:?} is not a DNS label"));
+    }
+    Ok(ClaimAllocation { claim: claim_ref, pod_claim_name, results: out })
 }
 
 /// Pure: a request name without its subrequest (`gpu/high-memory` → `gpu`), as the metadata
@@ -607,6 +612,22 @@ mod tests {
         let bad = claim_allocation(&claim("0b1c-22", "../x"), "vfio.nodeprep.io").expect_err("refused");
         assert!(bad.contains("request name"), "{bad}");
         assert_eq!(base_request("vm/big"), "vm");
+    }
+
+    /// Found by the `dra_claim` fuzz target: the pod's claim name (an annotation) was taken as
+    /// it came, and it names a directory of the metadata file's path in the container.
+    #[test]
+    fn the_pod_claim_name_is_checked_too() {
+        let with = |name: &str| {
+            let mut c = claim("0b1c-22", "vm");
+            c["metadata"]["annotations"] = json!({ POD_CLAIM_NAME: name });
+            claim_allocation(&c, "vfio.nodeprep.io")
+        };
+        assert_eq!(with("gpu").expect("a DNS label").pod_claim_name.as_deref(), Some("gpu"));
+        for bad in ["/pu", "../../etc", "a/b", ".hidden", "gpu claim"] {
+            let e = with(bad).expect_err(bad);
+            assert!(e.contains(POD_CLAIM_NAME) && e.contains("not a DNS label"), "{e}");
+        }
     }
 
     #[test]

@@ -142,7 +142,7 @@ pub fn read_device(dir: &Path, address: PciAddress) -> RawDevice {
         d.driver = r.link_name("driver", true);
     }
     if has("driver_override") {
-        d.driver_override = r.text("driver_override").filter(|s| !s.is_empty() && s != "(null)");
+        d.driver_override = r.text("driver_override").and_then(parse_driver_override);
     }
     if has("numa_node") {
         d.numa_node = r.numa("numa_node");
@@ -175,6 +175,46 @@ pub fn read_device(dir: &Path, address: PciAddress) -> RawDevice {
     raw.virtfn_links.sort();
     d.warnings.append(&mut r.warnings);
     raw
+}
+
+/// Pure: an attribute file's bytes as text, trailing white space removed (sysfs ends values
+/// with a newline).
+pub fn attr_text(bytes: Vec<u8>) -> Result<String, String> {
+    let mut s = String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_owned())?;
+    s.truncate(s.trim_end().len());
+    Ok(s)
+}
+
+/// Pure: a `0x`-prefixed hex attribute (`vendor`, `device`, `class`, `revision`, ...) no larger
+/// than `max`.
+pub fn parse_hex_attr(s: &str, max: u32) -> Result<u32, String> {
+    s.strip_prefix("0x")
+        .filter(|h| !h.is_empty() && h.len() <= 8 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .filter(|v| *v <= max)
+        .ok_or_else(|| format!("{s:?} is not a hex value like 0x{max:x}"))
+}
+
+/// Pure: a decimal attribute (`sriov_totalvfs`, `sriov_numvfs`, `boot_vga`).
+pub fn parse_decimal_attr(s: &str) -> Result<u32, String> {
+    Some(s)
+        .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<u32>().ok())
+        .ok_or_else(|| format!("{s:?} is not a non-negative number"))
+}
+
+/// Pure: `numa_node`: `Ok(None)` for -1 (no affinity).
+pub fn parse_numa_node(s: &str) -> Result<Option<u32>, String> {
+    match s.parse::<i64>() {
+        Ok(-1) => Ok(None),
+        Ok(n) => u32::try_from(n).map(Some).map_err(|_| format!("{s:?} is not a NUMA node (-1 or a node number)")),
+        Err(_) => Err(format!("{s:?} is not a NUMA node (-1 or a node number)")),
+    }
+}
+
+/// Pure: `driver_override` as read: `None` when empty or `(null)` (none set).
+pub fn parse_driver_override(s: String) -> Option<String> {
+    Some(s).filter(|s| !s.is_empty() && s != "(null)")
 }
 
 /// Reads files of one device directory through one directory descriptor (`openat`,
@@ -215,13 +255,10 @@ impl<'a> DeviceReader<'a> {
     /// A small attribute file, trailing white space removed.
     fn text(&mut self, name: &str) -> Option<String> {
         match read_small(&self.fd, name) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(mut s) => {
-                    s.truncate(s.trim_end().len());
-                    Some(s)
-                }
-                Err(_) => {
-                    self.warn(name, "not UTF-8 text".into());
+            Ok(bytes) => match attr_text(bytes) {
+                Ok(s) => Some(s),
+                Err(problem) => {
+                    self.warn(name, problem);
                     None
                 }
             },
@@ -235,37 +272,23 @@ impl<'a> DeviceReader<'a> {
     /// A `0x`-prefixed hex attribute (`vendor`, `class`, ...) no larger than `max`.
     fn hex(&mut self, name: &str, max: u32) -> Option<u32> {
         let s = self.text(name)?;
-        let parsed = s
-            .strip_prefix("0x")
-            .filter(|h| !h.is_empty() && h.len() <= 8)
-            .and_then(|h| u32::from_str_radix(h, 16).ok())
-            .filter(|v| *v <= max);
-        if parsed.is_none() {
-            self.warn(name, format!("{s:?} is not a hex value like 0x{max:x}"));
-        }
-        parsed
+        self.parsed(name, parse_hex_attr(&s, max))
     }
 
     fn decimal(&mut self, name: &str) -> Option<u32> {
         let s = self.text(name)?;
-        let parsed = s.parse::<u32>().ok();
-        if parsed.is_none() {
-            self.warn(name, format!("{s:?} is not a non-negative number"));
-        }
-        parsed
+        self.parsed(name, parse_decimal_attr(&s))
     }
 
     /// `numa_node`: -1 means no affinity.
     fn numa(&mut self, name: &str) -> Option<u32> {
         let s = self.text(name)?;
-        match s.parse::<i64>() {
-            Ok(-1) => None,
-            Ok(n) if (0..=u32::MAX as i64).contains(&n) => Some(n as u32),
-            _ => {
-                self.warn(name, format!("{s:?} is not a NUMA node (-1 or a node number)"));
-                None
-            }
-        }
+        self.parsed(name, parse_numa_node(&s)).flatten()
+    }
+
+    /// The value, or `None` with the problem as a warning on the file.
+    fn parsed<T>(&mut self, name: &str, r: Result<T, String>) -> Option<T> {
+        r.map_err(|problem| self.warn(name, problem)).ok()
     }
 
     /// The last component of a link's target. With `must_resolve`, a dangling link is a warning
@@ -423,4 +446,38 @@ pub fn build_groups(devices: &[PciDevice], groups: &[RawGroup]) -> Vec<IommuGrou
         }
     }
     by_number.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attribute_values_parse_as_the_kernel_prints_them() {
+        assert_eq!(parse_hex_attr("0x10de", 0xffff), Ok(0x10de));
+        assert_eq!(parse_hex_attr("0x030200", 0xff_ffff), Ok(0x030200));
+        assert!(parse_hex_attr("0x10000", 0xffff).is_err());
+        assert!(parse_hex_attr("10de", 0xffff).is_err());
+        assert!(parse_hex_attr("0x", 0xffff).is_err());
+        assert_eq!(parse_decimal_attr("64"), Ok(64));
+        assert_eq!(parse_numa_node("-1"), Ok(None));
+        assert_eq!(parse_numa_node("1"), Ok(Some(1)));
+        assert!(parse_numa_node("-2").is_err());
+        assert!(parse_numa_node("4294967296").is_err());
+        assert_eq!(parse_driver_override("(null)".into()), None);
+        assert_eq!(parse_driver_override("vfio-pci".into()), Some("vfio-pci".into()));
+        assert_eq!(attr_text(b"0x8086\n".to_vec()), Ok("0x8086".into()));
+        assert!(attr_text(vec![0xff, b'\n']).is_err());
+    }
+
+    /// Found writing the `sysfs` fuzz target (whose check now guards it): `u32::from_str_radix`
+    /// and `str::parse` take a leading `+`, so `0x+10de` was vendor 10de and `+8` was 8 VFs; the
+    /// kernel never prints a sign.
+    #[test]
+    fn a_sign_is_not_part_of_an_attribute_value() {
+        assert!(parse_hex_attr("0x+10de", 0xffff).is_err());
+        assert!(parse_hex_attr("0x-1", 0xffff).is_err());
+        assert!(parse_decimal_attr("+8").is_err());
+        assert!(parse_decimal_attr("").is_err());
+    }
 }

@@ -165,7 +165,7 @@ fn read_cpu(root: &HostRoot, w: &mut Warnings) -> Result<CpuFacts, HostError> {
 
 /// CPU 0's vendor, model and flags, and the number of `processor` entries. Lines before the
 /// first `processor` line (a header some architectures print) count as CPU 0's.
-fn parse_cpuinfo(text: &str) -> CpuFacts {
+pub fn parse_cpuinfo(text: &str) -> CpuFacts {
     let mut cpu = CpuFacts::default();
     for line in text.lines() {
         let Some((key, value)) = line.split_once(':') else { continue };
@@ -222,7 +222,7 @@ fn read_kernel(root: &HostRoot, w: &mut Warnings) -> KernelFacts {
 
 /// The arguments nodeprep cares about. Splits like the kernel: white space outside double
 /// quotes separates arguments, quotes are dropped, a bare `--` ends the kernel's part.
-fn parse_cmdline(cmdline: &str) -> KernelArgs {
+pub fn parse_cmdline(cmdline: &str) -> KernelArgs {
     let mut args = KernelArgs::default();
     for token in split_cmdline(cmdline) {
         if token == "--" {
@@ -373,7 +373,7 @@ fn read_modules(root: &HostRoot, w: &mut Warnings) -> ModuleFacts {
 
 /// Module names of `proc/modules`, and the lines (1-based number, text) that were not a module
 /// line. Empty lines are ignored.
-fn parse_proc_modules(text: &str) -> (HashSet<String>, Vec<(usize, &str)>) {
+pub fn parse_proc_modules(text: &str) -> (HashSet<String>, Vec<(usize, &str)>) {
     let mut names = HashSet::new();
     let mut bad = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -507,7 +507,7 @@ fn read_meminfo(root: &HostRoot, expect_hugepagesize: bool, w: &mut Warnings) ->
 }
 
 /// The value of `Key:   1234 kB`, in kB; `Err(raw value)` when it is not a number.
-fn meminfo_value(text: &str, key: &str) -> Option<Result<u64, String>> {
+pub fn meminfo_value(text: &str, key: &str) -> Option<Result<u64, String>> {
     let line = text.lines().find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == key))?;
     let raw = line.1.trim();
     let mut parts = raw.split_whitespace();
