@@ -107,8 +107,9 @@ fn bind_per_config(
     kernel: &crate::bind::KernelFactory,
     observer: &Observer,
     events: &Recorder,
+    gone: &std::collections::BTreeSet<String>,
 ) -> BindResult {
-    match bind::bind_per_config(root, config, plugin_dir, &mut kernel.make(root)) {
+    match bind::bind_per_config_except(root, config, plugin_dir, gone, &mut kernel.make(root)) {
         Ok((_, outcomes)) => {
             let refused: Vec<(crate::model::PciAddress, String)> = outcomes
                 .iter()
@@ -158,13 +159,19 @@ fn reserve_hugepages(root: &HostRoot, config: &Config, events: &Recorder) {
 
 /// The host changes the config asks for: huge pages, then vfio-pci binding (see
 /// [`bind_per_config`]).
-async fn prepare_host(opts: &AgentOptions, config: Arc<Config>, observer: &Observer, events: &Recorder) -> BindResult {
+async fn prepare_host(
+    opts: &AgentOptions,
+    config: Arc<Config>,
+    observer: &Observer,
+    events: &Recorder,
+    gone: std::collections::BTreeSet<String>,
+) -> BindResult {
     let (r, o, e, bind, k) = (opts.root.clone(), observer.clone(), events.clone(), opts.bind, opts.kernel.clone());
     // The checkpoint of the kubelet the plugins register with, not always the default's.
     let plugin_dir = crate::host::kubelet::plugin_dir(&opts.root, opts.plugin_dir.as_deref());
     tokio::task::spawn_blocking(move || {
         reserve_hugepages(&r, &config, &e);
-        if bind { bind_per_config(&r, &config, &plugin_dir, &k, &o, &e) } else { (true, Vec::new()) }
+        if bind { bind_per_config(&r, &config, &plugin_dir, &k, &o, &e, &gone) } else { (true, Vec::new()) }
     })
     .await
     .unwrap_or((false, Vec::new()))
@@ -521,7 +528,8 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
     let mut memory = giveback::Memory::default();
 
     let config = Arc::new(config);
-    let (mut bind_ok, refused) = prepare_host(&opts, config.clone(), &observer, &events).await;
+    let gone = give.gone_pods().await;
+    let (mut bind_ok, refused) = prepare_host(&opts, config.clone(), &observer, &events, gone).await;
     memory.refused(&refused);
     let counted = counted_specs(&config);
     let cdi = config.cdi.as_ref().map(|c| Arc::new(CdiSpec::open(&opts.root, c)));
@@ -621,7 +629,7 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
                     );
                 }
                 let refused;
-                (bind_ok, refused) = prepare_host(&opts, config.clone(), &observer, &events).await;
+                (bind_ok, refused) = prepare_host(&opts, config.clone(), &observer, &events, give.gone_pods().await).await;
                 memory.refused(&refused);
                 giveback::settle(&give, config, &mut memory, opts.bind).await;
                 rescan.rescan();

@@ -163,6 +163,29 @@ impl GiveBack {
         Some(released)
     }
 
+    /// The pods of the kubelet's checkpoint the API server no longer has (read in that order),
+    /// so that a bind does not refuse a device a gone pod still holds on paper. Empty without
+    /// a cluster, or when either cannot be read (then every allocation counts).
+    pub async fn gone_pods(&self) -> BTreeSet<String> {
+        let Some(p) = &self.pods else { return BTreeSet::new() };
+        let dir = self.plugin_dir.clone();
+        let uids: BTreeSet<String> =
+            match tokio::task::spawn_blocking(move || crate::host::kubelet::read_allocations(&dir)).await {
+                Ok(Ok(a)) => a.into_iter().map(|a| a.pod_uid).collect(),
+                _ => return BTreeSet::new(),
+            };
+        if uids.is_empty() {
+            return uids;
+        }
+        match crate::cluster::pods::list(&p.client, &p.node, &p.stats, p.timeout).await {
+            Ok(listed) => crate::cluster::pods::view(&uids, listed).gone,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the node's pods: every allocation in the kubelet's checkpoint counts");
+                BTreeSet::new()
+            }
+        }
+    }
+
     /// Writes the report for `nodeprep status` when its content changed; says in an Event which
     /// devices are still held while the node is in maintenance.
     pub async fn report(&self, config: Arc<Config>, memory: &mut Memory) {

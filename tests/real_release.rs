@@ -190,5 +190,13 @@ fn a_device_dropped_while_a_pod_holds_it_waits_for_the_drain_then_goes_back_at_o
         (m["cordoned"] == false && m.get("nodeMaintenance").is_none()).then_some(())
     });
     assert_eq!(metric(&agent, "nodeprep_node_maintenance"), Some(0.0));
+
+    // Selected again: bound again, although the kubelet's checkpoint still lists the deleted
+    // pods (it tidies them only at its next allocation): the API server says they are gone.
+    replace_file(&config_path, &selects);
+    c.wait_for("the Quadro allocatable again", WAIT, |c| {
+        (c.node_quantity("allocatable", RESOURCE) == Some(1)).then_some(())
+    });
+    assert_eq!(driver_of(&root, GPU_B).as_deref(), Some("vfio-pci"));
     assert!(agent.running());
 }

@@ -46,19 +46,29 @@ pub enum BindError {
 /// allocations (the checkpoint in `plugin_dir`, see [`host::kubelet::plugin_dir`]), whether
 /// vfio-pci is loaded.
 pub fn plan_for(root: &HostRoot, config: &Config, plugin_dir: &Path) -> Result<BindPlan, BindError> {
-    plan_with(root, config, plugin_dir, &State::load(root)?)
+    plan_with(root, config, plugin_dir, &State::load(root)?, &std::collections::BTreeSet::new())
 }
 
 /// [`plan_for`] with nodeprep's records already read: a `drivers` selector matches what a
 /// device had before nodeprep bound it.
-fn plan_with(root: &HostRoot, config: &Config, plugin_dir: &Path, state: &State) -> Result<BindPlan, BindError> {
+/// Allocations of pods in `gone` (known to the API server no longer to exist) do not count.
+fn plan_with(
+    root: &HostRoot,
+    config: &Config,
+    plugin_dir: &Path,
+    state: &State,
+    gone: &std::collections::BTreeSet<String>,
+) -> Result<BindPlan, BindError> {
     let mut inv =
         host::pci::discover(root).map_err(|source| BindError::Discover { root: root.path().to_owned(), source })?;
     let mut claims = config.claims_with(&inv, &state.original_drivers()).map_err(BindError::Claims)?;
     // DRA devices at rest on their host driver are bound when a claim is prepared, not here.
     claims.retain(|c| config.binds_at_start(c));
     // Fail closed: a checkpoint that cannot be read protects nothing, so nothing is planned.
-    let allocations = host::kubelet::read_allocations(plugin_dir).map_err(BindError::Allocations)?;
+    let mut allocations = host::kubelet::read_allocations(plugin_dir).map_err(BindError::Allocations)?;
+    // The kubelet keeps a gone pod's devices in its checkpoint until its next allocation: such
+    // a device, given back once its pod went, can be bound again.
+    allocations.retain(|a| !gone.contains(&a.pod_uid));
     Ok(plan_claims(root, &mut inv, config, &claims, &allocations))
 }
 
@@ -91,9 +101,21 @@ pub fn bind_per_config<K: Kernel>(
     plugin_dir: &Path,
     kernel: &mut K,
 ) -> Result<(BindPlan, Vec<DeviceOutcome>), BindError> {
+    bind_per_config_except(root, config, plugin_dir, &std::collections::BTreeSet::new(), kernel)
+}
+
+/// [`bind_per_config`], with the kubelet's allocations to pods in `gone` not counted (pods the
+/// API server no longer has, listed after the checkpoint was read: [`crate::model::PodView`]).
+pub fn bind_per_config_except<K: Kernel>(
+    root: &HostRoot,
+    config: &Config,
+    plugin_dir: &Path,
+    gone: &std::collections::BTreeSet<String>,
+    kernel: &mut K,
+) -> Result<(BindPlan, Vec<DeviceOutcome>), BindError> {
     // Locked from load to the last save: a concurrent `nodeprep bind` waits for us.
     let mut state = State::lock(root)?;
-    let plan = plan_with(root, config, plugin_dir, &state)?;
+    let plan = plan_with(root, config, plugin_dir, &state, gone)?;
     let outcomes = Applier::new(root, kernel).apply_bind(&plan, &mut state)?;
     Ok((plan, outcomes))
 }
