@@ -4,12 +4,18 @@
 # fails the run, with the input that caused it saved under fuzz/artifacts/<target>/.
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
+#   scripts/fuzz.sh --build     (only build, e.g. ahead of time while other work runs)
 #
 # The budget defaults to $NODEPREP_FUZZ_SECS, else 20 s. Needs the nightly toolchain (rustup);
 # installs cargo-fuzz when it is missing. See docs/fuzzing.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+build_only=false
+if [ "${1:-}" = --build ]; then
+  build_only=true
+  shift
+fi
 secs=${1:-${NODEPREP_FUZZ_SECS:-20}}
 shift || true
 case "$secs" in '' | *[!0-9]*)
@@ -34,6 +40,7 @@ echo "== cargo fuzz build (all targets)"
 start=$(date +%s)
 (cd fuzz && cargo +nightly fuzz build "${build[@]}")
 echo "fuzz targets built in $(($(date +%s) - start)) s"
+$build_only && exit 0
 
 if (($# == 0)); then
   mapfile -t targets < <(cd fuzz && cargo +nightly fuzz list)

@@ -512,7 +512,20 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
         use crate::cluster::pods;
         let (c, n, st, t) = (p.client.clone(), p.node.clone(), p.stats.clone(), p.timeout);
         watchers.push(tokio::spawn(pods::watch_departures(c.clone(), n.clone(), st.clone(), t, departed.clone())));
-        watchers.push(tokio::spawn(pods::watch_maintenance(c, n, st, t, maintenance_tx)));
+        // The NodeMaintenances are looked at only while the labeler sees the node cordoned.
+        let (cordon_tx, cordon_rx) = watch::channel(false);
+        if let Some(mut status) = label_status.clone() {
+            watchers.push(tokio::spawn(async move {
+                loop {
+                    let now = status.borrow_and_update().unschedulable == Some(true);
+                    cordon_tx.send_if_modified(|was| std::mem::replace(was, now) != now);
+                    if status.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        watchers.push(tokio::spawn(pods::watch_maintenance(c, n, st, t, cordon_rx, maintenance_tx)));
     }
     let mut give = giveback::GiveBack {
         root: opts.root.clone(),
@@ -676,11 +689,11 @@ pub async fn run(opts: AgentOptions, shutdown: impl Future<Output = ()>) -> Resu
                     None => std::future::pending().await,
                 }
             } => {
-                if let Some(d) = &dra {
-                    let latest = inventory.borrow().clone();
-                    let cfg = config_view.borrow().clone();
-                    refresh_dra(d, &opts.root, latest, cfg).await;
-                }
+                // The claim moved devices between drivers: the monitor's inventory is stale
+                // until it rescans, and the devices' health is refreshed from the new one (the
+                // `inventory.changed()` arm), not from the stale one (a prepared GPU would show
+                // unhealthy until the next uevent).
+                rescan.rescan();
                 // An unprepared claim may free a device waiting to go back.
                 let cfg = config_view.borrow().clone();
                 giveback::settle(&give, cfg, &mut memory, opts.bind).await;

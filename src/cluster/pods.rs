@@ -5,8 +5,11 @@
 //! - [`watch_departures`]: one watch on the same pods; every pod that is deleted or finishes
 //!   pokes `departed`, so a device waiting for it is given back at once, not at the next resync.
 //! - [`watch_maintenance`]: OpenShift's `NodeMaintenance` (`nodemaintenance.medik8s.io/v1beta1`,
-//!   cluster-scoped, `spec.nodeName`): the name of the one for this node, if any. Where the
-//!   resource does not exist (plain Kubernetes) it looks again every few minutes.
+//!   cluster-scoped, `spec.nodeName`): the name of the one for this node, if any. It looks only
+//!   while the node is cordoned: the Node Maintenance Operator cordons a node first thing, so an
+//!   uncordoned node has no maintenance to find and costs the API server nothing (on plain
+//!   Kubernetes the resource does not exist, and 5,000 idle agents asking for it would be
+//!   5,000 needless 404s every few minutes).
 //!
 //! Reads only: the agent never writes pods.
 
@@ -156,41 +159,64 @@ pub fn maintenance_for(objects: &[DynamicObject], node: &str) -> Option<String> 
         .and_then(|o| o.metadata.name.clone())
 }
 
-/// Keeps `out` on the name of the `NodeMaintenance` for `node` (`None`: none, or the resource
-/// does not exist), watching them; until the task is dropped.
+/// Keeps `out` on the name of the `NodeMaintenance` for `node` (`None`: none, not cordoned, or
+/// the resource does not exist), watching them while `cordoned` says so; until the task is
+/// dropped.
 pub async fn watch_maintenance(
     client: kube::Client,
     node: String,
     stats: Arc<ApiStats>,
     timeout: Duration,
+    mut cordoned: watch::Receiver<bool>,
     out: watch::Sender<Option<String>>,
 ) {
     let api: Api<DynamicObject> = Api::all_with(client, &node_maintenance_api());
+    loop {
+        // Nothing to look for until the node is cordoned; on uncordon, forget what was seen.
+        out.send_if_modified(|m| m.take().is_some());
+        if cordoned.wait_for(|c| *c).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            () = follow_maintenance(&api, &node, &stats, timeout, &out) => {}
+            r = cordoned.wait_for(|c| !*c) => if r.is_err() { return },
+        }
+    }
+}
+
+/// Lists and watches NodeMaintenances, publishing the one for `node`, until dropped.
+async fn follow_maintenance(
+    api: &Api<DynamicObject>,
+    node: &str,
+    stats: &ApiStats,
+    timeout: Duration,
+    out: &watch::Sender<Option<String>>,
+) {
     let path = "/apis/nodemaintenance.medik8s.io/v1beta1/nodemaintenances";
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
         let a = api.clone();
-        let list = match call(&stats, "LIST", path.into(), timeout, false, async move {
-            a.list(&ListParams::default()).await
-        })
-        .await
-        {
-            Ok(l) => l,
-            Err(e) if e.status() == Some(404) => {
-                // No Node Maintenance Operator here; it may be installed later.
-                out.send_if_modified(|m| m.take().is_some());
-                tokio::time::sleep(Duration::from_secs(300)).await;
-                continue;
-            }
-            Err(e) => {
-                tokio::time::sleep_until(backoff.retry_at("listing NodeMaintenances", &e)).await;
-                continue;
-            }
-        };
+        let list =
+            match call(stats, "LIST", path.into(), timeout, false, async move { a.list(&ListParams::default()).await })
+                .await
+            {
+                Ok(l) => l,
+                Err(e) if e.status() == Some(404) => {
+                    // No Node Maintenance Operator here; it may be installed while the node is
+                    // cordoned, so look again now and then.
+                    out.send_if_modified(|m| m.take().is_some());
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    continue;
+                }
+                Err(e) => {
+                    tokio::time::sleep_until(backoff.retry_at("listing NodeMaintenances", &e)).await;
+                    continue;
+                }
+            };
         let mut objects: BTreeMap<String, DynamicObject> =
             list.items.into_iter().filter_map(|o| Some((o.metadata.name.clone()?, o))).collect();
         let publish = |objects: &BTreeMap<String, DynamicObject>| {
-            let now = maintenance_for(&objects.values().cloned().collect::<Vec<_>>(), &node);
+            let now = maintenance_for(&objects.values().cloned().collect::<Vec<_>>(), node);
             out.send_if_modified(|m| {
                 *m != now && {
                     *m = now.clone();
@@ -203,7 +229,7 @@ pub async fn watch_maintenance(
         let a = api.clone();
         let wp = WatchParams::default().timeout(290);
         let stream =
-            match call(&stats, "WATCH", path.into(), timeout, false, async move { a.watch(&wp, &from).await }).await {
+            match call(stats, "WATCH", path.into(), timeout, false, async move { a.watch(&wp, &from).await }).await {
                 Ok(s) => s,
                 Err(e) => {
                     tokio::time::sleep_until(backoff.retry_at("watching NodeMaintenances", &e)).await;

@@ -352,6 +352,7 @@ impl State {
             register_timeout: self.opts.register_timeout,
             stop_grace: self.opts.stop_grace,
             changed: self.changed.clone(),
+            registered_with: None,
         };
         let (tx, rx) = mpsc::channel(16);
         let _ = tx.try_send(Cmd::Register);
@@ -504,6 +505,18 @@ struct Plugin {
     stop_grace: Duration,
     /// Told when `registered` changes.
     changed: Arc<Notify>,
+    /// The `kubelet.sock` the last successful registration went to ([`socket_identity`]).
+    registered_with: Option<SocketIdentity>,
+}
+
+/// Which `kubelet.sock` this is: a kubelet that starts creates a new one, so a different
+/// identity is a different kubelet process.
+type SocketIdentity = (u64, u64, i64, i64);
+
+fn socket_identity(p: &Path) -> Option<SocketIdentity> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).ok()?;
+    Some((m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
 }
 
 fn is_socket(p: &Path) -> bool {
@@ -536,7 +549,13 @@ impl Plugin {
             }
             let restarted = self.ensure_serving().await;
             let registered = lock(&self.status).registered;
-            if !(register || restarted || !registered) || self.server.is_none() {
+            // Register once per kubelet: a second `Register` on the same socket while the first
+            // connection lives is refused ("device plugin already connected"), and the
+            // kubelet (1.37) then forgets its own client for that socket, so every later
+            // registration on it is refused too. A kubelet that restarts deletes our socket
+            // (`restarted`) and creates a new kubelet.sock.
+            let new_kubelet = register && socket_identity(&self.kubelet_socket) != self.registered_with;
+            if !(new_kubelet || restarted || !registered) || self.server.is_none() {
                 continue;
             }
             if !self.kubelet_socket.exists() {
@@ -567,6 +586,7 @@ impl Plugin {
             s.registered = false;
             s.serving = false;
         }
+        self.registered_with = None;
         self.changed.notify_one();
         if let Some(old) = self.server.take() {
             old.stop(false, self.stop_grace).await;
@@ -589,15 +609,17 @@ impl Plugin {
     /// arriving meanwhile are queued in `pending`; a shutdown ends the attempt at once (it must
     /// not wait for a kubelet that does not answer), and a `Register` (a new `kubelet.sock`) ends
     /// a backoff wait so the caller registers again right away.
-    async fn register(&self, rx: &mut mpsc::Receiver<Cmd>, pending: &mut Vec<Cmd>) {
+    async fn register(&mut self, rx: &mut mpsc::Receiver<Cmd>, pending: &mut Vec<Cmd>) {
         let urgent = |pending: &[Cmd]| pending.iter().any(|c| !matches!(c, Cmd::Check));
         let mut delay = Duration::from_millis(50);
         for attempt in 1..=4 {
-            let once = self.register_once(attempt == 4);
+            let (socket, resource, endpoint) =
+                (self.kubelet_socket.clone(), self.resource.clone(), self.endpoint.clone());
+            let once = registration::register(&socket, &resource, &endpoint, self.register_timeout);
             tokio::pin!(once);
             let outcome = loop {
                 tokio::select! {
-                    o = &mut once => break Some(o),
+                    o = &mut once => break Some(self.registered(o, attempt == 4)),
                     c = rx.recv() => {
                         let stop = !matches!(c, Some(Cmd::Register | Cmd::Check));
                         pending.push(c.unwrap_or(Cmd::Shutdown(None)));
@@ -627,18 +649,29 @@ impl Plugin {
         }
     }
 
-    /// One registration; its outcome goes to the status.
-    async fn register_once(&self, last_try: bool) -> Attempt {
-        let result =
-            registration::register(&self.kubelet_socket, &self.resource, &self.endpoint, self.register_timeout).await;
+    /// One registration's outcome, into the status.
+    fn registered(&mut self, result: Result<(), DevicePluginError>, last_try: bool) -> Attempt {
         let mut s = lock(&self.status);
         match result {
             Ok(()) => {
                 s.registered = true;
                 s.registrations += 1;
                 s.last_error = None;
+                self.registered_with = socket_identity(&self.kubelet_socket);
                 self.changed.notify_one();
                 tracing::info!(resource = %self.resource, endpoint = %self.endpoint, "registered with the kubelet");
+                Attempt::Done
+            }
+            // The kubelet has this socket connected and streaming already (a registration it
+            // answered after we gave up waiting, or a race with its restart): that is registered.
+            Err(DevicePluginError::Register { status, .. })
+                if status.message().contains("already connected") && s.open_streams > 0 =>
+            {
+                s.registered = true;
+                s.last_error = None;
+                self.registered_with = socket_identity(&self.kubelet_socket);
+                self.changed.notify_one();
+                tracing::info!(resource = %self.resource, "the kubelet has this plugin connected already");
                 Attempt::Done
             }
             Err(e @ DevicePluginError::Connect { .. }) if !last_try => {
@@ -656,6 +689,7 @@ impl Plugin {
     }
 
     async fn shutdown(&mut self) {
+        self.registered_with = None;
         if let Some(s) = self.server.take() {
             s.stop(true, self.stop_grace).await;
         }

@@ -21,6 +21,9 @@
 //! - `load_module("vfio-pci")` creates vfio-pci's driver directory and `dev/vfio/vfio`;
 //! - a write to a file that does not exist fails with `NotFound`, like sysfs.
 //!
+//! Across processes: [`KernelSim::persisted`] keeps the native drivers in a file of the tree, and
+//! [`KernelSim::settle`] finishes a simulated write its process was killed in the middle of.
+//!
 //! Fault injection: [`KernelSim::fail_after`] (the process is killed after n successful writes:
 //! every later write fails), [`KernelSim::fail_probe_for`] (vfio-pci refuses one device) and
 //! [`KernelSim::fail_modules`].
@@ -37,6 +40,9 @@ use super::tree::{HostTree, relative};
 const DEVICES: &str = "sys/bus/pci/devices";
 const DRIVERS: &str = "sys/bus/pci/drivers";
 const VFIO_PCI: &str = "vfio-pci";
+/// Where [`KernelSim::persisted`] keeps the native drivers, relative to the root (`<address>
+/// <driver or ->` per line; nothing nodeprep reads).
+pub const NATIVE_FILE: &str = "kernel-sim-native";
 
 const ENODEV: i32 = 19;
 const EBUSY: i32 = 16;
@@ -82,7 +88,99 @@ impl KernelSim {
 
     /// The same, over a root directory laid out like a [`HostTree`].
     pub fn at(root: &Path) -> KernelSim {
-        let mut sim = KernelSim {
+        let mut sim = KernelSim::at_without_natives(root);
+        let names: Vec<String> = fs::read_dir(root.join(DEVICES))
+            .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().to_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        for a in names {
+            let drv = sim.driver_of(&a);
+            sim.native.insert(a, drv);
+        }
+        sim
+    }
+
+    /// A simulated kernel over `root` whose native drivers outlive the processes using it: the
+    /// first call records every device's current driver in [`NATIVE_FILE`] under the root;
+    /// later calls (another process, after the first was killed half-way through a bind) read
+    /// them from there instead of taking a half-bound device's driver (none, or vfio-pci) for
+    /// its native one. A device the file does not list gets its current driver. Also
+    /// [`settle`](Self::settle)s the tree first, as the kernel finishes every write it accepted.
+    pub fn persisted(root: &Path) -> KernelSim {
+        KernelSim::settle(root);
+        let mut sim = KernelSim::at(root);
+        let file = root.join(NATIVE_FILE);
+        match fs::read_to_string(&file) {
+            Ok(text) => {
+                for line in text.lines() {
+                    if let Some((addr, drv)) = line.split_once(' ') {
+                        let drv = (drv != "-").then(|| drv.to_owned());
+                        sim.native.insert(addr.to_owned(), drv);
+                    }
+                }
+            }
+            Err(_) => {
+                let text: String =
+                    sim.native.iter().map(|(a, d)| format!("{a} {}\n", d.as_deref().unwrap_or("-"))).collect();
+                let tmp = file.with_extension("tmp");
+                fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, &file)).expect("record the native drivers");
+            }
+        }
+        sim
+    }
+
+    /// Completes what a writer killed in the middle of one simulated write left half done, as
+    /// the real kernel finishes a sysfs write whatever happens to the process that made it
+    /// (the simulator's change is several file operations; a SIGKILL can fall between them):
+    /// every `driver` link gets its driver directory's back link, stale back links go, and
+    /// `dev/vfio/<group>` exists exactly for the groups with a member on vfio-pci.
+    pub fn settle(root: &Path) {
+        let sim = KernelSim::at_without_natives(root);
+        let names: Vec<String> = fs::read_dir(root.join(DEVICES))
+            .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().to_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        let mut vfio_groups = BTreeSet::new();
+        for a in &names {
+            let Some(drv) = sim.driver_of(a) else { continue };
+            let back = root.join(DRIVERS).join(&drv).join(a);
+            if fs::symlink_metadata(&back).is_err() {
+                if let Some(dir) = sim.dev_dir(a) {
+                    let ddir = Path::new(DRIVERS).join(&drv);
+                    let _ = std::os::unix::fs::symlink(relative(&ddir, &dir), &back);
+                }
+            }
+            if drv == VFIO_PCI {
+                if let Some(g) = sim.group_of(a) {
+                    vfio_groups.insert(g);
+                }
+            }
+        }
+        for d in fs::read_dir(root.join(DRIVERS)).into_iter().flatten().filter_map(|e| e.ok()) {
+            let drv = d.file_name().to_string_lossy().into_owned();
+            for e in fs::read_dir(d.path()).into_iter().flatten().filter_map(|e| e.ok()) {
+                let a = e.file_name().to_string_lossy().into_owned();
+                let is_link = e.file_type().is_ok_and(|t| t.is_symlink());
+                if is_link && names.contains(&a) && sim.driver_of(&a).as_deref() != Some(drv.as_str()) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let vfio = root.join("dev/vfio");
+        for g in &vfio_groups {
+            let node = vfio.join(g.to_string());
+            if !node.exists() {
+                let _ = fs::write(node, "");
+            }
+        }
+        for e in fs::read_dir(&vfio).into_iter().flatten().filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.parse::<u32>().is_ok_and(|g| !vfio_groups.contains(&g)) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
+    fn at_without_natives(root: &Path) -> KernelSim {
+        KernelSim {
             root: root.to_path_buf(),
             native: BTreeMap::new(),
             fail_after: None,
@@ -92,15 +190,7 @@ impl KernelSim {
             module_failure: None,
             log: Vec::new(),
             modules: Vec::new(),
-        };
-        let names: Vec<String> = fs::read_dir(root.join(DEVICES))
-            .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().to_str().map(str::to_owned)).collect())
-            .unwrap_or_default();
-        for a in names {
-            let drv = sim.driver_of(&a);
-            sim.native.insert(a, drv);
         }
-        sim
     }
 
     /// The same kernel after the process using it was restarted: native drivers and

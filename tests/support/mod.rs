@@ -14,6 +14,7 @@ pub mod kernel_sim;
 pub mod kubelet;
 pub mod lspci;
 pub mod machines;
+pub mod soak;
 pub mod tree;
 
 #[allow(unused_imports)]
