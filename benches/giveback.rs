@@ -21,6 +21,7 @@ use support::inprocess::InProcessAgent;
 use support::k8s::{Cluster, NODE, Spec, device_pod};
 use support::kernel_sim::KernelSim;
 use support::machines::intel::{GPU_B, GPU_B_AUDIO};
+use support::tree::driver_of;
 
 const QUADRO: &str = "nvidia.com/quadro";
 const WAIT: Duration = Duration::from_secs(60);
@@ -31,12 +32,6 @@ fn selects() -> String {
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1].as_secs_f64() * 1e3
-}
-
-fn driver_of(root: &Path, addr: &str) -> Option<String> {
-    std::fs::read_link(root.join(format!("sys/bus/pci/devices/{addr}/driver")))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
 }
 
 fn rounds_on_a_fixture(rounds: usize) {

@@ -163,17 +163,7 @@ fn checkpoint(t: &HostTree, resource: &str, ids: &[&str]) {
 
 /// The same, in plugin directory `dir` (created).
 fn checkpoint_in(dir: &Path, resource: &str, ids: &[&str]) {
-    let ids: Vec<String> = ids.iter().map(|i| format!("{i:?}")).collect();
-    fs::create_dir_all(dir).expect("plugin dir");
-    fs::write(
-        dir.join(kubelet::CHECKPOINT),
-        format!(
-            r#"{{"Data":{{"PodDeviceEntries":[{{"PodUID":"{POD}","ContainerName":"compute","ResourceName":"{resource}","DeviceIDs":{{"0":[{}]}},"AllocResp":"CgA="}}],"RegisteredDevices":{{"{resource}":[{}]}}}},"Checksum":2412157329}}"#,
-            ids.join(","),
-            ids.join(",")
-        ),
-    )
-    .expect("write checkpoint");
+    support::kubelet::write_checkpoint(dir, POD, resource, ids);
 }
 
 fn w(path: &str, value: &str) -> (PathBuf, String) {

@@ -611,6 +611,38 @@ async fn kubelet_restart_reregisters_within_a_second() {
     assert_eq!(s.kubelet.record().registrations_of(T4).iter().filter(|x| x.generation == 0).count(), 1);
     let st = wait_status(&s.manager, T4, |st| st.registered).await;
     assert_eq!(st.server_starts, 2, "{st:?}");
+    // Once per kubelet: the restart both deletes the plugin's socket and creates kubelet.sock,
+    // and a second `Register` to the same kubelet is refused by 1.37 for good ("device plugin
+    // already connected").
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for r in [T4, RTX, KVM] {
+        let n = s.kubelet.record().registrations_of(r).iter().filter(|x| x.generation == 1).count();
+        assert_eq!(n, 1, "{r} registered {n} times with the new kubelet");
+    }
+    s.manager.shutdown().await;
+}
+
+#[tokio::test]
+async fn already_connected_counts_as_registered_while_the_kubelet_streams() {
+    let s = setup(vec![]).await;
+    first_list(&s.kubelet, T4).await;
+    // kubelet.sock moved out and back (a new ctime: to the plugin, perhaps a new kubelet), and the
+    // kubelet answers the `Register` that follows as 1.37 does for a socket it has connected.
+    let sock = s.plugin_dir().join("kubelet.sock");
+    let aside = s.plugin_dir().join("kubelet.sock.aside");
+    s.kubelet.refuse_next_as(
+        3,
+        tonic::Status::unknown(format!("device plugin already connected: {}", s.plugin_dir().join(T4_SOCK).display())),
+    );
+    std::fs::rename(&sock, &aside).expect("move kubelet.sock");
+    std::fs::rename(&aside, &sock).expect("move kubelet.sock back");
+    s.kubelet
+        .wait_for("the refusal", WAIT, |r| r.refused.iter().find(|w| w.contains("already connected")).cloned())
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let st = s.manager.plugin_status(T4).expect("plugin");
+    assert!(st.registered && st.last_error.is_none() && st.open_streams == 1, "{st:?}");
+    assert_eq!(st.registrations, 1, "{st:?}");
     s.manager.shutdown().await;
 }
 

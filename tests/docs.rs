@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use support::agent::{Agent, AgentSpec, spawn_kubelet};
 use support::k8s::{Cluster, NODE, Spec};
+use support::tree::driver_of;
 use support::{HostTree, machines};
 
 const SHELL: &[&str] = &["sh", "bash", "shell", "console"];
@@ -805,12 +806,6 @@ fn cluster_checkup_runs_on_demand() {
     // The agent's side is still there.
     c.kubectl_ok(&["get", "namespace", "nodeprep"]);
     c.kubectl_ok(&["-n", "nodeprep", "get", "daemonset", "nodeprep"]);
-}
-
-fn driver_of(root: &Path, addr: &str) -> Option<String> {
-    std::fs::read_link(root.join(format!("sys/bus/pci/devices/{addr}/driver")))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
 }
 
 #[test]

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use support::inprocess::InProcessAgent;
 use support::k8s::{Cluster, NODE, Spec};
 use support::machines::intel::{GPU_B, GPU_B_AUDIO, NVME};
+use support::tree::driver_of;
 
 const DRIVER: &str = "vfio.nodeprep.io";
 const WAIT: Duration = Duration::from_secs(60);
@@ -32,12 +33,6 @@ fn config() -> String {
     format!(
         "dra:\n  devices:\n    - resourceName: nvidia.com/quadro\n      selectors: {{pciAddresses: [\"{GPU_B}\"]}}\n    - resourceName: nodeprep.io/nvme\n      selectors: {{pciAddresses: [\"{NVME}\"]}}\n"
     )
-}
-
-fn driver_of(root: &Path, addr: &str) -> Option<String> {
-    std::fs::read_link(root.join(format!("sys/bus/pci/devices/{addr}/driver")))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
 }
 
 /// One real PCI `change` uevent from this machine's first PCI device: the agent's monitor hears

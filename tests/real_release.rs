@@ -21,6 +21,7 @@ use support::agent::replace_file;
 use support::inprocess::InProcessAgent;
 use support::k8s::{Cluster, NODE, Spec, device_pod};
 use support::machines::intel::{GPU_B, GPU_B_AUDIO};
+use support::tree::driver_of;
 
 const RESOURCE: &str = "nvidia.com/quadro";
 const RENAMED: &str = "nvidia.com/quadro_vm";
@@ -28,12 +29,6 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn driver_of(root: &Path, addr: &str) -> Option<String> {
-    std::fs::read_link(root.join(format!("sys/bus/pci/devices/{addr}/driver")))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
 }
 
 /// nodeprep's Events on the Node, as `reason: message`.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use nodeprep::bind::{self, ReleaseAction, Released, State};
 use nodeprep::config::Config;
-use nodeprep::host::{HostRoot, kubelet};
+use nodeprep::host::HostRoot;
 use nodeprep::model::{Holder, PciAddress, PodView};
 use serde_json::Value;
 use support::HostTree;
@@ -51,17 +51,7 @@ fn recorded(t: &HostTree) -> BTreeSet<String> {
 
 /// A kubelet checkpoint giving `ids` to container `compute` of pod [`POD`].
 fn checkpoint(dir: &Path, resource: &str, ids: &[&str]) {
-    let ids: Vec<String> = ids.iter().map(|i| format!("{i:?}")).collect();
-    fs::create_dir_all(dir).expect("plugin dir");
-    fs::write(
-        dir.join(kubelet::CHECKPOINT),
-        format!(
-            r#"{{"Data":{{"PodDeviceEntries":[{{"PodUID":"{POD}","ContainerName":"compute","ResourceName":"{resource}","DeviceIDs":{{"0":[{}]}},"AllocResp":"CgA="}}],"RegisteredDevices":{{"{resource}":[{}]}}}},"Checksum":1}}"#,
-            ids.join(","),
-            ids.join(",")
-        ),
-    )
-    .expect("write checkpoint");
+    support::kubelet::write_checkpoint(dir, POD, resource, ids);
 }
 
 /// The Quadro bound per config, through the simulator.

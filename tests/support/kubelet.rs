@@ -41,6 +41,22 @@ pub const KUBELET_SOCK: &str = "kubelet.sock";
 /// The kubelet's checkpoint, which survives its restarts.
 pub const CHECKPOINT: &str = "kubelet_internal_checkpoint";
 
+/// Writes a device-manager checkpoint in `dir` (created), in the kubelet's layout, giving `ids`
+/// of `resource` to container `compute` of pod `pod`.
+pub fn write_checkpoint(dir: &Path, pod: &str, resource: &str, ids: &[&str]) {
+    let ids: Vec<String> = ids.iter().map(|i| format!("{i:?}")).collect();
+    std::fs::create_dir_all(dir).expect("plugin dir");
+    std::fs::write(
+        dir.join(CHECKPOINT),
+        format!(
+            r#"{{"Data":{{"PodDeviceEntries":[{{"PodUID":"{pod}","ContainerName":"compute","ResourceName":"{resource}","DeviceIDs":{{"0":[{}]}},"AllocResp":"CgA="}}],"RegisteredDevices":{{"{resource}":[{}]}}}},"Checksum":2412157329}}"#,
+            ids.join(","),
+            ids.join(",")
+        ),
+    )
+    .expect("write checkpoint");
+}
+
 /// One `Register` the stand-in accepted.
 #[derive(Debug, Clone)]
 pub struct Registered {
@@ -118,6 +134,8 @@ struct Inner {
     next_stream: AtomicU64,
     /// How many more `Register` requests to refuse (as a kubelet that is not ready yet).
     refuse: AtomicU64,
+    /// The refusal's status instead of `UNAVAILABLE` "not ready".
+    refuse_as: Mutex<Option<Status>>,
     server: Mutex<Option<RunningServer>>,
     /// The registered client of each resource: its stream and the task reading it.
     clients: Mutex<std::collections::HashMap<String, (u64, JoinHandle<()>)>>,
@@ -162,6 +180,7 @@ impl Kubelet {
                 generation: AtomicU64::new(0),
                 next_stream: AtomicU64::new(0),
                 refuse: AtomicU64::new(0),
+                refuse_as: Mutex::new(None),
                 server: Mutex::new(None),
                 clients: Mutex::default(),
             }),
@@ -278,6 +297,14 @@ impl Kubelet {
 
     /// Refuses the next `n` registrations with `UNAVAILABLE` (recorded in [`Record::refused`]).
     pub fn refuse_next(&self, n: u64) {
+        *lock(&self.inner.refuse_as) = None;
+        self.inner.refuse.store(n, Ordering::SeqCst);
+    }
+
+    /// Refuses the next `n` registrations with `status` (e.g. what kubelet 1.37 answers a second
+    /// `Register` on a socket it has connected: `device plugin already connected: <path>`).
+    pub fn refuse_next_as(&self, n: u64, status: Status) {
+        *lock(&self.inner.refuse_as) = Some(status);
         self.inner.refuse.store(n, Ordering::SeqCst);
     }
 
@@ -360,6 +387,10 @@ impl Registration for Kubelet {
         let authority = request.extensions().get::<SeenAuthority>().map(|a| a.0.clone());
         let req = request.into_inner();
         if self.inner.refuse.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            if let Some(st) = lock(&self.inner.refuse_as).clone() {
+                self.note(|r| r.refused.push(st.message().to_owned()));
+                return Err(st);
+            }
             let why = format!("{}: not ready (refused on purpose)", req.resource_name);
             self.note(|r| r.refused.push(why.clone()));
             return Err(Status::unavailable(why));

@@ -62,6 +62,7 @@ use serde_json::{Value, json};
 use super::k8s::{Cluster, DEVICE_PLUGIN_DIR, NODE, Spec, container_env, device_pod};
 use super::kernel_sim::KernelSim;
 use super::machines::intel::{GPU_A, GPU_B, GPU_B_AUDIO, MLX_VFS, NVME, QAT_VFS};
+use super::tree::driver_of;
 
 /// Set (to the agent's settings, JSON) in the environment of the re-executed agent process.
 pub const AGENT_ENV: &str = "NODEPREP_SOAK_AGENT";
@@ -172,31 +173,15 @@ fn run_agent(spec: &Value) -> Result<(), String> {
         Box::new(Journaled { sim: base.restarted(), delay, journal: journal.clone(), uevents })
     });
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let paths = super::inprocess::AgentPaths { root, config, kubeconfig, plugin_dir, kubelet_dir };
     rt.block_on(async move {
-        let source = nodeprep::cluster::Source::Kubeconfig(kubeconfig);
-        let client = nodeprep::cluster::connect(&source).await.map_err(|e| e.to_string())?;
-        let opts = nodeprep::agent::AgentOptions {
-            root: HostRoot::new(&root),
-            config_path: config,
-            plugin_dir: Some(plugin_dir),
-            bind: true,
-            // The production default: what converges must do so on events, not this safety net.
-            rescan_interval: Duration::from_secs(300),
-            listen,
-            cluster: Some(nodeprep::agent::ClusterOptions {
-                client,
-                labeler: nodeprep::cluster::node::LabelerOptions::new(NODE),
-            }),
-            kubelet_dir: Some(kubelet_dir),
-            kernel,
-        };
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
-        nodeprep::agent::run(opts, async move {
+        // The production rescan: what converges must do so on events, not this safety net.
+        super::inprocess::run_agent(paths, listen, Duration::from_secs(300), kernel, async move {
             term.recv().await;
         })
         .await
-        .map_err(|e| e.to_string())
     })
 }
 
@@ -583,12 +568,6 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn read_driver(root: &Path, addr: &str) -> Option<String> {
-    std::fs::read_link(root.join(format!("sys/bus/pci/devices/{addr}/driver")))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-}
-
 fn read_group(root: &Path, addr: &str) -> Option<u32> {
     std::fs::read_link(root.join(format!("sys/bus/pci/devices/{addr}/iommu_group")))
         .ok()
@@ -686,7 +665,7 @@ impl Soak {
         let root = tree.root().to_owned();
         // The native drivers, in a file of the tree, before anything moves.
         let _ = KernelSim::persisted(&root);
-        let native = devices_of(&root).into_iter().map(|a| (a.clone(), read_driver(&root, &a))).collect();
+        let native = devices_of(&root).into_iter().map(|a| (a.clone(), driver_of(&root, &a))).collect();
         let dir = tempfile::Builder::new().prefix("soak-").tempdir_in("/tmp").expect("tempdir");
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         let admin = nodeprep::cluster::Source::Kubeconfig(c.admin_kubeconfig());
@@ -904,7 +883,7 @@ impl Soak {
         let mut p: Problems = Vec::new();
         let root = &self.root;
         let all = devices_of(root);
-        let drivers: BTreeMap<String, Option<String>> = all.iter().map(|a| (a.clone(), read_driver(root, a))).collect();
+        let drivers: BTreeMap<String, Option<String>> = all.iter().map(|a| (a.clone(), driver_of(root, a))).collect();
         let driver = |a: &str| drivers.get(a).cloned().flatten();
         let group_of: BTreeMap<String, Option<u32>> = all.iter().map(|a| (a.clone(), read_group(root, a))).collect();
         let usable = |a: &str| {
@@ -1208,7 +1187,7 @@ impl Soak {
             while !stop.load(Ordering::Relaxed) {
                 let now = held.lock().expect("held").clone();
                 for (a, holder) in now {
-                    let drv = read_driver(&root, &a);
+                    let drv = driver_of(&root, &a);
                     if drv.as_deref() != Some(VFIO) && reported.insert((a.clone(), round.load(Ordering::Relaxed))) {
                         out.lock().expect("held violations").push(format!(
                             "round {}: {a}, held by {holder}, seen on {drv:?}",
@@ -1237,6 +1216,26 @@ impl Soak {
         }
     }
 
+    /// A config change of its own: `a` selected or dropped, then the invariants awaited.
+    fn toggle_and_converge(&mut self, a: &'static str) {
+        self.fault(Kind::ConfigChange);
+        let mut s = self.sel.clone();
+        s.toggle(a);
+        self.write_config(s);
+        self.converge(Kind::ConfigChange);
+    }
+
+    /// `a` selected or dropped, and the agent SIGKILLed after the 1st to 3rd sysfs write of the
+    /// bind or restore that follows; then it is started again.
+    fn toggle_with_kill(&mut self, a: &'static str) {
+        let mut s = self.sel.clone();
+        s.toggle(a);
+        let (before, k) = (self.journal_begins(), 1 + self.rng.below(3) as usize);
+        self.write_config(s);
+        self.kill_after_writes(before, k, Duration::from_secs(5));
+        self.down_then_up();
+    }
+
     fn round_of(&mut self, kind: Kind) {
         self.fault(kind);
         match kind {
@@ -1249,21 +1248,12 @@ impl Soak {
                 let add = self.sel.addable();
                 if add.is_empty() {
                     // Nothing to bind: drop one first (a config change of its own).
-                    self.fault(Kind::ConfigChange);
-                    let a = self.rng.pick(&self.sel.droppable()).expect("something to drop");
-                    let mut s = self.sel.clone();
-                    s.toggle(a);
-                    self.write_config(s);
-                    self.converge(Kind::ConfigChange);
+                    let drop = self.rng.pick(&self.sel.droppable()).expect("something to drop");
+                    self.toggle_and_converge(drop);
                 }
                 let a = self.rng.pick(&self.sel.addable()).expect("something to add");
                 self.log(&format!("adding {a}, SIGKILL amid its bind"));
-                let mut s = self.sel.clone();
-                s.toggle(a);
-                let (before, k) = (self.journal_begins(), 1 + self.rng.below(3) as usize);
-                self.write_config(s);
-                self.kill_after_writes(before, k, Duration::from_secs(5));
-                self.down_then_up();
+                self.toggle_with_kill(a);
             }
             Kind::KillMidRestore => {
                 let unheld: Vec<&'static str> = {
@@ -1275,24 +1265,16 @@ impl Soak {
                         .collect()
                 };
                 let unheld = if unheld.is_empty() {
-                    self.fault(Kind::ConfigChange);
-                    let a = self.rng.pick(&self.sel.addable()).expect("something to add");
-                    let mut s = self.sel.clone();
-                    s.toggle(a);
-                    self.write_config(s);
-                    self.converge(Kind::ConfigChange);
-                    vec![a]
+                    // Nothing to restore: add one first (a config change of its own).
+                    let add = self.rng.pick(&self.sel.addable()).expect("something to add");
+                    self.toggle_and_converge(add);
+                    vec![add]
                 } else {
                     unheld
                 };
                 let a = self.rng.pick(&unheld).expect("something to drop");
                 self.log(&format!("dropping {a}, SIGKILL amid its restore"));
-                let mut s = self.sel.clone();
-                s.toggle(a);
-                let (before, k) = (self.journal_begins(), 1 + self.rng.below(3) as usize);
-                self.write_config(s);
-                self.kill_after_writes(before, k, Duration::from_secs(5));
-                self.down_then_up();
+                self.toggle_with_kill(a);
             }
             Kind::KillMidPrepare => {
                 self.dra_pods += 1;
@@ -1362,7 +1344,7 @@ impl Soak {
                     self.sel
                         .selected()
                         .into_iter()
-                        .filter(|a| !held.contains_key(*a) && read_driver(&self.root, a).as_deref() == Some(VFIO))
+                        .filter(|a| !held.contains_key(*a) && driver_of(&self.root, a).as_deref() == Some(VFIO))
                         .map(str::to_owned)
                         .collect()
                 };

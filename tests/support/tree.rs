@@ -25,6 +25,13 @@ use std::path::{Component, Path, PathBuf};
 ///
 /// Both paths must be of the same kind (both relative to the tree root, or both absolute) and
 /// lexically normal (no `..`).
+/// The driver `addr` is bound to under `root`, as its `driver` link names it.
+pub fn driver_of(root: &Path, addr: &str) -> Option<String> {
+    std::fs::read_link(root.join(format!("sys/bus/pci/devices/{addr}/driver")))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
 pub fn relative(from_dir: &Path, to: &Path) -> PathBuf {
     fn parts(p: &Path) -> Vec<Component<'_>> {
         let v: Vec<Component<'_>> = p.components().filter(|c| !matches!(c, Component::CurDir)).collect();
