@@ -1,4 +1,5 @@
-//! The node agent end to end, as the DaemonSet runs it: the release `nodeprep run` binary on the
+//! The node agent end to end, as the DaemonSet runs it: the optimised `nodeprep run` binary
+//! (bench profile: no LTO, so more resident memory than the release build) on the
 //! 4,096-function SR-IOV fixture (`sriov_4096`), with a kubelet stand-in in its plugin directory
 //! and an API-server stand-in behind `KUBECONFIG` (both in this process, on threads of their
 //! own, the way the kubelet and the API server are other processes).

@@ -65,7 +65,7 @@ fn allocate_latency() {
         ),
     )
     .expect("config");
-    // `cargo bench` builds the binary with the release settings.
+    // `cargo bench` builds the binary with the bench profile (optimised, no LTO).
     let agent = Agent::start(AgentSpec {
         host_root: tree.root(),
         config: &config,

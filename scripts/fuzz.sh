@@ -35,6 +35,9 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
 # Rust code is memory safe, so no AddressSanitizer (docs/fuzzing.md has the measurements):
 # libFuzzer still catches panics (overflow checks and debug assertions are on), deadly
 # signals, timeouts and memory exhaustion.
+# The fuzz crate is a workspace of its own with its own fuzz/target/ (where the binaries are run
+# from below): a CARGO_TARGET_DIR meant for the main crate must not send it elsewhere.
+unset CARGO_TARGET_DIR
 build=(--sanitizer none --debug-assertions)
 # NODEPREP_FUZZ_PROFILE=dev: unoptimised targets, built in about a third of the time and run
 # several times slower; what CI uses for its short budget (docs/fuzzing.md).

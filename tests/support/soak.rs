@@ -66,6 +66,8 @@ use super::tree::driver_of;
 
 /// Set (to the agent's settings, JSON) in the environment of the re-executed agent process.
 pub const AGENT_ENV: &str = "NODEPREP_SOAK_AGENT";
+/// The pseudo-invariant of a kubelet checkpoint file that lags the kubelet's live state.
+const KUBELET_CHECKPOINT: &str = "kubelet-checkpoint";
 /// How long the invariants may take to hold again after a fault.
 pub const CONVERGE_BOUND: Duration = Duration::from_secs(60);
 /// Give-back (a device the config stops selecting goes back to its own driver once nothing
@@ -438,6 +440,9 @@ pub struct Report {
     pub agent_exits: Vec<String>,
     /// Rounds after which the kubelet and the agent were restarted because of a violation.
     pub resets: usize,
+    /// The kubelet's checkpoint file listed other healthy devices than its live state (the
+    /// Node's capacity and allocatable, which were right): the kubelet's own write race.
+    pub kubelet_checkpoint_lags: Vec<String>,
     pub wall: Duration,
     pub setup: Duration,
 }
@@ -478,6 +483,13 @@ impl Report {
         }
         for v in self.violations.iter().take(40) {
             println!("  - {v}");
+        }
+        println!(
+            "the kubelet's checkpoint file behind its live state (Node capacity right; kubelet's write race, not counted): {}",
+            self.kubelet_checkpoint_lags.len()
+        );
+        for l in &self.kubelet_checkpoint_lags {
+            println!("  - {l}");
         }
         println!(
             "give-back misses (a dropped device not back on its driver within {} s): {} ({})",
@@ -958,11 +970,18 @@ impl Soak {
                     ));
                 }
             }
+            let node_right = node.as_ref().is_ok_and(|n| {
+                let q = |f: &str| n["status"][f][*res].as_str().and_then(|q| q.parse::<usize>().ok());
+                q("capacity") == Some(devs.len()) && q("allocatable") == Some(healthy.len())
+            });
             if reg != healthy {
-                p.push((
-                    "capacity",
-                    format!("{res}: the kubelet's checkpoint has {reg:?} healthy, usable are {healthy:?}"),
-                ));
+                // With the Node right, the kubelet's live view is right and only its file lags:
+                // kubelet 1.37 snapshots every resource's healthy set under its lock and writes the
+                // file after unlocking (`writeCheckpoint` in devicemanager/manager.go), so two
+                // resources' updates at once can leave the older snapshot on disk until the next
+                // update. Counted apart (`KUBELET_CHECKPOINT`), not as nodeprep's violation.
+                let inv = if node_right { KUBELET_CHECKPOINT } else { "capacity" };
+                p.push((inv, format!("{res}: the kubelet's checkpoint has {reg:?} healthy, usable are {healthy:?}")));
             }
             match &node {
                 Ok(n) => {
@@ -1105,6 +1124,14 @@ impl Soak {
         let mut seen = BTreeSet::new();
         let mut giveback_missed = false;
         for (inv, what) in last {
+            if inv == KUBELET_CHECKPOINT {
+                eprintln!(
+                    "soak round {round} ({}): the kubelet's checkpoint file lags its live state: {what}",
+                    kind.label()
+                );
+                self.report.kubelet_checkpoint_lags.push(format!("round {round} ({}): {what}", kind.label()));
+                continue;
+            }
             if inv == "giveback" {
                 giveback_missed = true;
                 if !giveback_strict() {
