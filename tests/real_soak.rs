@@ -12,13 +12,16 @@ use std::time::Duration;
 
 use support::soak::{Kind, Plan, SoakOptions};
 
-/// Not a test, and ignored so that it never counts as one: the entry point of the agent process
-/// the soak starts (this binary run with `--ignored --exact soak_agent_process` and
-/// `support::soak::AGENT_ENV` set).
+/// The entry point of the agent process the soak starts: this binary run with
+/// `--exact soak_agent_process` and `support::soak::AGENT_ENV` set runs the agent here and exits.
+/// In a plain test run it checks that settings the agent cannot use are refused with the reason,
+/// before anything starts.
 #[test]
-#[ignore = "the soak's agent process, not a test"]
 fn soak_agent_process() {
     support::soak::agent_if_asked();
+    let e = support::soak::run_agent(&serde_json::json!({"root": "/nonexistent", "listen": "not an address"}))
+        .expect_err("an unusable listen address is refused");
+    assert!(e.contains("address"), "{e}");
 }
 
 #[test]
@@ -41,9 +44,7 @@ fn a_short_chaos_soak_breaks_no_invariant() {
         plan: SoakOptions::plan_from_env(Plan::Fixed(plan)),
         seed: SoakOptions::seed_from_env(),
         write_delay: Duration::from_millis(5),
-        agent_args: ["soak_agent_process", "--exact", "--ignored", "--nocapture", "--test-threads=1"]
-            .map(String::from)
-            .to_vec(),
+        agent_args: ["soak_agent_process", "--exact", "--nocapture", "--test-threads=1"].map(String::from).to_vec(),
         verbose: true,
     });
     report.print();

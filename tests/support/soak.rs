@@ -157,7 +157,8 @@ impl Kernel for Journaled {
     }
 }
 
-fn run_agent(spec: &Value) -> Result<(), String> {
+/// Runs the agent the soak's settings describe; settings it cannot use are refused, nothing started.
+pub fn run_agent(spec: &Value) -> Result<(), String> {
     let path = |k: &str| PathBuf::from(spec[k].as_str().unwrap_or_default());
     let (root, config, kubeconfig, journal) = (path("root"), path("config"), path("kubeconfig"), path("journal"));
     let (plugin_dir, kubelet_dir) = (path("pluginDir"), path("kubeletDir"));
